@@ -1,0 +1,1 @@
+"""PopQL: find, name and test populations of images with an SQL superset."""
