@@ -43,8 +43,8 @@ __all__ = [
     "format_field",
     "message_of",
     "parse_field_list",
-    "split_qualified",
     "repr_name",
+    "split_qualified",
     "translate_file_error",
     "translate_message",
 ]
@@ -75,6 +75,8 @@ _PLACEHOLDER = re.compile(
     r"(?:Placeholder '(?P<a>\$?[^']+)' was not provided a value"
     r"|No value found for placeholder with name (?P<b>\$?\S+))"
 )
+_PYERR = re.compile(r"PyErr \{ type: <class '(?P<type>[^']+)'>, value: (?P<value>.*?), traceback:")
+_PYERR_TRACEBACK = re.compile(r'traceback: Some\("(?P<tb>.*)"\) \}', re.DOTALL)
 _PARSER_ERROR = re.compile(r"(?:SQL error: )?ParserError\(")
 _CASE_SENSITIVE = re.compile(r"^Column names are case sensitive")
 _SIMPLE_IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -299,9 +301,12 @@ def find_identifier(text: str, name: str | Sequence[str]) -> tuple[int, int] | N
             window = tokens[i : i + width]
             idents = window[0::2]
             dots = window[1::2]
-            if all(t.kind == "ident" for t in idents) and all(t.kind == "dot" for t in dots):
-                if [t.value.casefold() for t in idents] == attempt:
-                    return window[0].start, window[-1].end
+            if (
+                all(t.kind == "ident" for t in idents)
+                and all(t.kind == "dot" for t in dots)
+                and [t.value.casefold() for t in idents] == attempt
+            ):
+                return window[0].start, window[-1].end
     return None
 
 
@@ -398,7 +403,9 @@ def translate_message(
             if vm:
                 fields = parse_field_list(vm.group("fields"))
             elif _CASE_SENSITIVE.match(line):
-                case_hint = "column names are case-sensitive: write a mixed-case name in double quotes"
+                case_hint = (
+                    "column names are case-sensitive: write a mixed-case name in double quotes"
+                )
         suggestions: list[str] = []
         qualified = len(parts) > 1
         if m.group("hint"):
@@ -513,6 +520,23 @@ def translate_message(
             f"no value given for parameter {placeholder}",
             span=_span(source, statement, find_text(stmt_text, placeholder)),
             hints=(hint,),
+            file=file,
+        )
+
+    # -- a Python function (UDF) raised ------------------------------------------------------
+    m = _PYERR.search(text)
+    if m:
+        value = m.group("value").strip()
+        tb = _PYERR_TRACEBACK.search(message)
+        hints = []
+        if tb:
+            trace = tb.group("tb").encode("utf-8", "backslashreplace").decode("unicode_escape")
+            hints.append("Python traceback: " + " ".join(trace.split()))
+        return Diagnostic(
+            "E003",
+            f"extension function failed: {value}",
+            span=_span(source, statement, None),
+            hints=tuple(hints),
             file=file,
         )
 

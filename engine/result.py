@@ -327,9 +327,7 @@ def format_value(value: Any, max_width: int | None = MAX_CELL_WIDTH, nested: boo
     elif isinstance(value, _dt.timedelta):
         text = str(value)
     elif isinstance(value, dict):
-        inner = ", ".join(
-            f"{k}: {format_value(v, None, nested=True)}" for k, v in value.items()
-        )
+        inner = ", ".join(f"{k}: {format_value(v, None, nested=True)}" for k, v in value.items())
         text = "{" + inner + "}"
     elif isinstance(value, list | tuple):
         if value and all(isinstance(v, tuple) and len(v) == 2 for v in value):
@@ -370,8 +368,7 @@ def format_table(
     head = table if max_rows is None or total <= max_rows else table.slice(0, max_rows)
     fields: Sequence[pa.Field] = list(table.schema)
     columns = [
-        [format_value(v, max_width) for v in head.column(i).to_pylist()]
-        for i in range(len(fields))
+        [format_value(v, max_width) for v in head.column(i).to_pylist()] for i in range(len(fields))
     ]
     names = [_cut(f.name, max_width) for f in fields]
     types = [str(f.type) for f in fields]

@@ -192,7 +192,9 @@ class Span:
             "end_column": self.end_column,
         }
 
-    def __len__(self) -> int:
+    @property
+    def length(self) -> int:
+        """Number of characters covered (0 for a point such as the end of input)."""
         return self.end - self.start
 
 

@@ -58,158 +58,71 @@ TerminalsLike = Mapping[str, Any] | Iterable[Any]
 _END = "$END"
 
 #: Punctuation and operator terminals -> the characters a person types.
+# fmt: off
 PUNCTUATION: dict[str, str] = {
-    "COMMA": ",",
-    "SEMICOLON": ";",
-    "DOT": ".",
-    "COLON": ":",
-    "DOUBLE_COLON": "::",
-    "LPAR": "(",
-    "RPAR": ")",
-    "LSQB": "[",
-    "RSQB": "]",
-    "LBRACE": "{",
-    "RBRACE": "}",
-    "STAR": "*",
-    "PLUS": "+",
-    "MINUS": "-",
-    "SLASH": "/",
-    "PERCENT": "%",
-    "CIRCUMFLEX": "^",
-    "EQUAL": "=",
-    "EQ": "=",
-    "DOUBLE_EQUAL": "==",
-    "NE": "<>",
-    "NEQ": "<>",
-    "LESSTHAN": "<",
-    "LT": "<",
-    "MORETHAN": ">",
-    "GT": ">",
-    "LE": "<=",
-    "GE": ">=",
-    "CONCAT": "||",
-    "VBAR": "|",
-    "AMPERSAND": "&",
-    "TILDE": "~",
-    "BANG": "!",
-    "QMARK": "?",
-    "AT": "@",
-    "HASH": "#",
-    "DOLLAR": "$",
-    "ARROW": "->",
-    "FAT_ARROW": "=>",
-    "BACKSLASH": "\\",
-    "BACKQUOTE": "`",
-    "DBLQUOTE": '"',
-    "QUOTE": "'",
-    "UNDERSCORE": "_",
+    "COMMA": ",", "SEMICOLON": ";", "_SEMI": ";", "SEMI": ";", "DOT": ".", "COLON": ":",
+    "DOUBLE_COLON": "::", "LPAR": "(", "SUBQUERY_LPAR": "(", "RPAR": ")", "LSQB": "[",
+    "RSQB": "]", "LBRACE": "{", "RBRACE": "}", "STAR": "*", "PLUS": "+", "MINUS": "-",
+    "SLASH": "/", "PERCENT": "%", "CIRCUMFLEX": "^", "EQUAL": "=", "EQ": "=",
+    "DOUBLE_EQUAL": "==", "NE": "<>", "NEQ": "<>", "LESSTHAN": "<", "LT": "<",
+    "MORETHAN": ">", "GT": ">", "LE": "<=", "GE": ">=", "CONCAT": "||", "VBAR": "|",
+    "PIPE": "|", "AMPERSAND": "&", "AMP": "&", "TILDE": "~", "BANG": "!", "QMARK": "?",
+    "AT": "@", "HASH": "#", "DOLLAR": "$", "ARROW": "->", "FAT_ARROW": "=>",
+    "BACKSLASH": "\\", "BACKQUOTE": "`", "DBLQUOTE": '"', "QUOTE": "'", "UNDERSCORE": "_",
 }
+# fmt: on
 _PUNCT_ORDER = {name: i for i, name in enumerate(PUNCTUATION)}
 
 #: Terminals for identifiers.
-IDENTIFIER_TERMINALS = frozenset({"NAME", "QUOTED_NAME", "IDENT", "IDENTIFIER", "CNAME"})
-#: Terminals for literal values.
-LITERAL_TERMINALS = frozenset(
-    {
-        "NUMBER",
-        "INT",
-        "INTEGER",
-        "FLOAT",
-        "DECIMAL",
-        "SIGNED_NUMBER",
-        "SIGNED_INT",
-        "SIGNED_FLOAT",
-        "STRING",
-        "ESCAPED_STRING",
-    }
+IDENTIFIER_TERMINALS = frozenset(
+    {"NAME", "QUOTED_NAME", "BACKTICK_NAME", "IDENT", "IDENTIFIER", "CNAME"}
 )
+_NUMBER_TERMINALS = frozenset(
+    {"NUMBER", "INT", "INTEGER", "FLOAT", "DECIMAL", "SIGNED_NUMBER", "SIGNED_INT", "SIGNED_FLOAT"}
+)
+_STRING_TERMINALS = frozenset({"STRING", "ESCAPED_STRING", "PREFIXED_STRING", "DOLLAR_STRING"})
+#: Terminals for literal values.
+LITERAL_TERMINALS = _NUMBER_TERMINALS | _STRING_TERMINALS
 #: Terminals that may start an expression; collapsed into "an expression" when an
 #: identifier and a literal are both expected.
-EXPRESSION_START = (
-    IDENTIFIER_TERMINALS
-    | LITERAL_TERMINALS
-    | frozenset(
-        {
-            "LPAR",
-            "LSQB",
-            "MINUS",
-            "PLUS",
-            "TILDE",
-            "NOT",
-            "CASE",
-            "CAST",
-            "TRY_CAST",
-            "TRUE",
-            "FALSE",
-            "NULL",
-            "EXISTS",
-            "INTERVAL",
-            "DATE",
-            "TIME",
-            "TIMESTAMP",
-            "ARRAY",
-            "PARAM",
-            "PARAMETER",
-            "QMARK",
-            "DOLLAR",
-        }
-    )
-)
-
-#: Binary operators (and the keywords that continue an expression); three or more of them
-#: in an expected set are shown together as "an operator".
-OPERATORS = frozenset(
+# fmt: off
+EXPRESSION_START = IDENTIFIER_TERMINALS | LITERAL_TERMINALS | frozenset(
     {
-        "PLUS",
-        "MINUS",
-        "STAR",
-        "SLASH",
-        "PERCENT",
-        "CIRCUMFLEX",
-        "EQUAL",
-        "EQ",
-        "DOUBLE_EQUAL",
-        "NE",
-        "NEQ",
-        "LESSTHAN",
-        "LT",
-        "MORETHAN",
-        "GT",
-        "LE",
-        "GE",
-        "CONCAT",
-        "AMPERSAND",
-        "VBAR",
-        "AND",
-        "OR",
-        "NOT",
-        "IN",
-        "IS",
-        "LIKE",
-        "ILIKE",
-        "BETWEEN",
+        "LPAR", "SUBQUERY_LPAR", "LSQB", "LBRACE", "MINUS", "PLUS", "TILDE", "NOT", "CASE",
+        "CAST", "TRY_CAST", "TRUE", "FALSE", "NULL", "EXISTS", "INTERVAL", "DATE", "TIME",
+        "TIMESTAMP", "ARRAY", "MAP", "STRUCT", "PARAM", "PARAMETER", "PLACEHOLDER", "QMARK",
+        "DOLLAR",
     }
 )
+
+#: Binary operators and the keywords that continue an expression (by terminal name, and by
+#: text for anonymous terminals); three or more of them in an expected set are shown together
+#: as "an operator".
+OPERATORS = frozenset(
+    {
+        "PLUS", "MINUS", "STAR", "SLASH", "PERCENT", "CIRCUMFLEX", "EQUAL", "EQ", "DOUBLE_EQUAL",
+        "NE", "NEQ", "LESSTHAN", "LT", "MORETHAN", "GT", "LE", "GE", "CONCAT", "AMPERSAND",
+        "AMP", "VBAR", "PIPE", "HASH",
+    }
+)
+_OPERATOR_TEXTS = frozenset(
+    {
+        "+", "-", "*", "/", "%", "^", "=", "==", "<>", "!=", "<", ">", "<=", ">=", "||", "|",
+        "&", "#", "<<", ">>", "<=>", "@>", "<@", "@@", "&&", "->>", "->", "#>>", "#>", "?|",
+        "?&", "~", "~*", "!~", "!~*", "~~", "~~*", "!~~", "!~~*", "::",
+        "AND", "OR", "NOT", "IN", "IS", "LIKE", "ILIKE", "RLIKE", "REGEXP", "GLOB", "BETWEEN",
+        "SIMILAR", "COLLATE", "AT",
+    }
+)
+# fmt: on
 
 _PHRASES: dict[str, str] = {
     **dict.fromkeys(IDENTIFIER_TERMINALS, "a name"),
-    **dict.fromkeys(
-        (
-            "NUMBER",
-            "INT",
-            "INTEGER",
-            "FLOAT",
-            "DECIMAL",
-            "SIGNED_NUMBER",
-            "SIGNED_INT",
-            "SIGNED_FLOAT",
-        ),
-        "a number",
-    ),
-    "STRING": "a string",
-    "ESCAPED_STRING": "a string",
+    **dict.fromkeys(_NUMBER_TERMINALS, "a number"),
+    **dict.fromkeys(_STRING_TERMINALS, "a string"),
     "PARAM": "a parameter",
     "PARAMETER": "a parameter",
+    "PLACEHOLDER": "a parameter",
 }
 
 #: Common SQL keywords, used to recognise a keyword in the source text when no terminal
@@ -231,6 +144,7 @@ _KEYWORD_NAME = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*\Z")
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _WORD_AT = re.compile(r"[A-Za-z0-9_]+")
 _MAX_LISTED = 8
+_MAX_SOFT_KEYWORDS = 4
 _MAX_TOKEN_TEXT = 30
 
 # ---------------------------------------------------------------------------------------------
@@ -306,19 +220,36 @@ _KIND_ORDER = {"phrase": 0, "keyword": 1, "operator": 2, "punct": 3, "other": 4,
 
 
 def _expected_items(names: Iterable[str], texts: Mapping[str, str]) -> list[str]:
+    """The expected terminals in words, grouped and ordered for a message.
+
+    Expression starters collapse into "an expression" (when an identifier and a literal are
+    both expected), identifiers into "a name", three or more operators into "an operator".
+    Where an expression or a name is expected, a long tail of keywords is left out: in a
+    grammar with soft keywords those are mostly keywords that may also serve as names.
+    """
     names = {n for n in names if isinstance(n, str) and n}
-    has_ident = bool(names & IDENTIFIER_TERMINALS)
-    has_literal = bool(names & LITERAL_TERMINALS)
     entries: list[tuple[int, str, str]] = []
-    if has_ident and has_literal:
+    expression = bool(names & IDENTIFIER_TERMINALS) and bool(names & LITERAL_TERMINALS)
+    if expression:
         names -= EXPRESSION_START
         entries.append((_KIND_ORDER["phrase"], "", "an expression"))
-    if len(names & OPERATORS) >= 3:
-        names -= OPERATORS
+    described = [(n, *_kind_and_text(n, texts)) for n in names]
+    operators = [
+        n
+        for n, kind, text in described
+        if n in OPERATORS or (kind in ("punct", "keyword") and text.strip("'") in _OPERATOR_TEXTS)
+    ]
+    if len(operators) >= 3:
         entries.append((_KIND_ORDER["operator"], "", "an operator"))
+        described = [d for d in described if d[0] not in operators]
+    has_phrase = expression or any(kind == "phrase" for _, kind, _ in described)
+    keywords = [n for n, kind, _ in described if kind == "keyword"]
+    if has_phrase and len(keywords) > _MAX_SOFT_KEYWORDS:
+        described = [d for d in described if d[1] != "keyword"]
+    if expression:
+        described = [d for d in described if d[1] != "other"]
     seen: set[str] = {e[2] for e in entries}
-    for name in names:
-        kind, text = _kind_and_text(name, texts)
+    for name, kind, text in described:
         if text in seen:
             continue
         seen.add(text)
@@ -337,7 +268,7 @@ def describe_expected(names: Iterable[str], terminals: TerminalsLike | None = No
 def _join_items(items: list[str]) -> str:
     if len(items) > _MAX_LISTED:
         shown = _MAX_LISTED - 2
-        return f"one of {', '.join(items[:shown])} or {len(items) - shown} others"
+        return f"one of {', '.join(items[:shown])}, ... ({len(items) - shown} more)"
     return join_or(items)
 
 
@@ -469,9 +400,15 @@ def _describe_token(
     if kind == "punct":
         return f"'{value}'" if value else text
     if ttype in IDENTIFIER_TERMINALS:
+        if (
+            verbose
+            and _WORD.match(value)
+            and any(t.upper() == value.upper() for t in texts.values())
+        ):
+            return value.upper()  # a keyword of the grammar, lexed as a name out of place
         shown = _short(value) if value.startswith('"') else f"'{_short(value)}'"
         return f"name {shown}" if verbose else shown
-    if ttype in ("STRING", "ESCAPED_STRING"):
+    if ttype in _STRING_TERMINALS:
         return f"string {_short(value)}" if verbose else _short(value)
     if _PHRASES.get(ttype) == "a number":
         return f"number {_short(value)}" if verbose else _short(value)
@@ -497,8 +434,9 @@ def _error_pos(exc: Any, source: str) -> int | None:
     return _offset(source, getattr(exc, "line", None), getattr(exc, "column", None))
 
 
-def _eof_pos(source: str) -> int:
-    return len(source.rstrip())
+def _eof_pos(masked: str) -> int:
+    """Just past the last character of code (trailing blanks and comments skipped)."""
+    return len(masked.rstrip())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -644,6 +582,11 @@ def _context_hints(
             f"{pvalue.upper()} was read as a name here; is something missing before it "
             "(or is there a ',' too many)?"
         )
+    # a misspelt keyword read as a name (an alias): "SELECT a FORM t", "FROM t WHER x"
+    elif ptype in IDENTIFIER_TERMINALS and expected_kw:
+        close = did_you_mean(pvalue.upper(), expected_kw, n=1)
+        if close:
+            hints.append(f"did you mean {close[0]} instead of '{pvalue}'?")
     # a ',' too many: "SELECT a, FROM t", "f(a, )"
     prev_is_comma = ptype == "COMMA" or (ptype is None and pvalue == ",")
     found_kind = _kind_and_text(ftype, texts)[0] if isinstance(ftype, str) else None
@@ -661,7 +604,7 @@ def _context_hints(
         hints.append(f'{fvalue.upper()} is a keyword; to use it as a name, write "{fvalue}"')
     # a string where a name is expected
     if (
-        ftype in ("STRING", "ESCAPED_STRING")
+        ftype in _STRING_TERMINALS
         and expected & IDENTIFIER_TERMINALS
         and not expected & LITERAL_TERMINALS
     ):
@@ -725,12 +668,12 @@ def _translate(
         error_pos = _error_pos(exc, source)
         if error_pos is None:
             return _generic(exc, source, file)
-        if error_pos >= _eof_pos(source):
+        if error_pos >= _eof_pos(masked):
             at_end = True
         else:
             token = _lexeme_at(source, error_pos, texts) or source[error_pos]
     if at_end:
-        pos = _eof_pos(source)
+        pos = _eof_pos(masked)
         span = Span.from_offsets(source, pos, pos)
     else:
         start = getattr(token, "start_pos", None) if error_pos is None else error_pos

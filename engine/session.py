@@ -1,0 +1,584 @@
+"""Sessions: run PopQL text on an embedded Apache DataFusion engine.
+
+>>> import popql.engine as pe
+>>> s = pe.connect()                       # in memory
+>>> s.register("images", "images.parquet")  # doctest: +SKIP
+>>> s.sql("SELECT 1 AS one").to_pylist()
+[{'one': 1}]
+
+Every statement goes text -> ``popql.syntax.parse`` -> ``popql.engine.lower.compile_statement``
+(checked against :attr:`Session.catalog`) -> ``SessionContext.sql`` -> :class:`Result`.
+
+Statements run in order. A command (``CREATE``, ``INSERT``, ``DROP``, ``SET``...) runs to
+completion as soon as it is reached. A query returns a lazy :class:`Result`; when a script has
+more statements after it, that result is materialised before the next statement runs, so each
+statement sees exactly the effects of the ones before it. The result of the *last* statement
+stays lazy and can be streamed.
+
+Errors are always :class:`popql.diagnostics.PopQLError` values: the front end's diagnostics,
+DataFusion errors translated by :mod:`popql.engine.errors` (with spans into the text the user
+gave), F001/F002/F003 for data files, and I001 (a bug) for any unexpected Python exception.
+
+Datasets
+--------
+``connect(path)`` opens (and creates, if missing) a *dataset directory*. For now the layout
+is just::
+
+    <path>/
+      tables/
+        images.parquet        -> table "images"
+        labels/               -> table "labels" (every *.parquet file below it, hive-style
+          part-0.parquet         partition folders such as year=2024/ included)
+
+Names starting with ``.`` or ``_`` are ignored. Tables created with SQL DDL in a dataset
+session live in memory only; nothing is written back to the directory (later versions define
+a fuller layout: populations, models, predictions).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import datafusion
+import pyarrow as pa
+
+from popql.diagnostics import Diagnostic, PopQLError, did_you_mean_hint, internal_error
+
+from .catalog import DataFusionCatalog
+from .errors import message_of, translate_file_error, translate_message
+from .result import Result
+
+if TYPE_CHECKING:
+    from popql.ast import Script
+
+__all__ = [
+    "ARROW_SUFFIXES",
+    "CSV_SUFFIXES",
+    "PARQUET_SUFFIXES",
+    "Session",
+    "connect",
+    "quote_identifier",
+    "read_source",
+]
+
+PARQUET_SUFFIXES = (".parquet",)
+CSV_SUFFIXES = (".csv",)
+ARROW_SUFFIXES = (".arrow", ".feather", ".ipc", ".arrows")
+
+_FORMATS: dict[str, str] = {
+    **{s: "parquet" for s in PARQUET_SUFFIXES},
+    **{s: "csv" for s in CSV_SUFFIXES},
+    **{s: "arrow" for s in ARROW_SUFFIXES},
+}
+
+TABLES_DIR = "tables"
+
+
+def connect(path: str | os.PathLike[str] | None = None) -> Session:
+    """Open a session: in memory when ``path`` is None, else on a dataset directory.
+
+    The directory (and its ``tables/`` folder) is created when missing; every Parquet file or
+    folder of Parquet files in ``tables/`` is registered as a table named after it.
+    """
+    return Session(path)
+
+
+def quote_identifier(name: str) -> str:
+    """``name`` as a double-quoted SQL identifier (``we"ird`` -> ``"we""ird"``)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def read_source(path: str | os.PathLike[str]) -> str:
+    """The text of a PopQL file, or a PopQLError F001 when it cannot be read."""
+    shown = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        message = f"file not found: {shown}"
+    except IsADirectoryError:
+        message = f"expected a file but found a directory: {shown}"
+    except UnicodeDecodeError as exc:
+        message = f"cannot read {shown}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+    except OSError as exc:
+        message = f"cannot read {shown}: {exc.strerror or exc}"
+    raise PopQLError(Diagnostic("F001", message, file=shown), file=shown)
+
+
+def _statement_range(stmt: Any, text: str) -> tuple[int, int]:
+    span = getattr(stmt, "span", None)
+    if span is None:
+        return (0, len(text))
+    start = max(0, min(int(span.start), len(text)))
+    end = max(start, min(int(span.end), len(text)))
+    return (start, end)
+
+
+def _with_context(err: PopQLError, source: str, file: str | None) -> PopQLError:
+    """``err`` rendering against ``source``/``file`` (diagnostics get ``file`` when unset)."""
+    if err.source == source and err.file == file and all(d.file == file for d in err.diagnostics):
+        return err
+    diags = tuple(
+        d if d.file is not None or file is None else d.with_file(file) for d in err.diagnostics
+    )
+    new = PopQLError(diags, source=source if err.source is None else err.source, file=file)
+    new.__cause__ = err.__cause__
+    return new
+
+
+def _is_pandas_frame(obj: object) -> bool:
+    pandas = sys.modules.get("pandas")
+    return pandas is not None and isinstance(obj, pandas.DataFrame)
+
+
+class Session:
+    """A PopQL session over one DataFusion :class:`~datafusion.SessionContext`.
+
+    Attributes:
+        ctx: the DataFusion context (information_schema enabled, ``target_partitions`` =
+            ``os.cpu_count()``). Using it directly is fine; PopQL reads its catalog live.
+        catalog: a :class:`DataFusionCatalog` over ``ctx`` (what the checker sees).
+        path: the dataset directory, or None for an in-memory session.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        config = (
+            datafusion.SessionConfig()
+            .with_information_schema(True)
+            .with_target_partitions(max(1, os.cpu_count() or 1))
+        )
+        self.ctx: datafusion.SessionContext = datafusion.SessionContext(config)
+        self.catalog: DataFusionCatalog = DataFusionCatalog(self.ctx)
+        self.path: Path | None = None
+        if path is not None:
+            self.path = Path(path)
+            self._open_dataset(self.path)
+
+    def __repr__(self) -> str:
+        where = "memory" if self.path is None else str(self.path)
+        return f"<popql.Session {where}: {len(self.tables())} table(s)>"
+
+    # -- running text -------------------------------------------------------------------------
+
+    def sql(self, text: str, params: Mapping[str, Any] | None = None) -> Result:
+        """Run every statement of ``text`` in order and return the result of the last one.
+
+        ``params`` binds ``$name`` placeholders (values are converted with ``pyarrow.scalar``;
+        a key may be written with or without the ``$``). Text without statements gives an
+        empty result.
+        """
+        results = self.execute(text, params)
+        return results[-1] if results else Result.empty()
+
+    def execute(
+        self,
+        text: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        file: str | None = None,
+    ) -> list[Result]:
+        """Run every statement of ``text`` in order; one :class:`Result` per statement.
+
+        All results but the last are materialised (their rows are in memory); the last one is
+        lazy. ``file`` names the text's origin in diagnostics.
+        """
+        return list(self.iterate(text, params, file=file))
+
+    def iterate(
+        self,
+        text: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        file: str | None = None,
+    ) -> Iterator[Result]:
+        """Run the statements of ``text`` one at a time, yielding each :class:`Result`.
+
+        The next statement runs only when the iterator is advanced. A query result that was
+        not streamed by then is materialised first, so statements always run in script order.
+        Streaming each result before advancing keeps memory flat (the CLI does this).
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"PopQL text must be a str, not {type(text).__name__}")
+        script = self._parse(text, file)
+        previous: Result | None = None
+        for stmt in script.statements:
+            if previous is not None and previous.kind == "query" and not previous.consumed:
+                previous.materialize()
+            previous = self._run_statement(stmt, text, file, params, execute=True)
+            yield previous
+
+    def run_file(
+        self, path: str | os.PathLike[str], params: Mapping[str, Any] | None = None
+    ) -> list[Result]:
+        """Run a ``.popql`` file; diagnostics name the file and point into it."""
+        text = read_source(path)
+        return self.execute(text, params, file=os.fspath(path))
+
+    def check(self, text: str, *, file: str | None = None) -> None:
+        """Parse and check ``text`` against this session's tables without running it.
+
+        Raises a PopQLError with every diagnostic found (none: returns None). Statements are
+        checked in order in a scratch in-memory session holding *empty* copies of this
+        session's tables, so ``CREATE TABLE``/``VIEW``/``DROP`` earlier in the text are
+        visible to later statements. Only DDL is executed there (DataFusion runs it on
+        planning, on empty data); queries, ``INSERT`` and ``COPY`` are planned, never run, and
+        no data is read or written.
+        """
+        script = self._parse(text, file)
+        scratch = self._scratch()
+        diagnostics: list[Diagnostic] = []
+        for stmt in script.statements:
+            try:
+                scratch._run_statement(stmt, text, file, None, execute=False)
+            except PopQLError as err:
+                diagnostics.extend(err.diagnostics)
+        if diagnostics:
+            raise PopQLError(diagnostics, source=text, file=file)
+
+    # -- tables ---------------------------------------------------------------------------------
+
+    def tables(self) -> list[str]:
+        """Names of the tables and views in the session, sorted."""
+        return self.catalog.table_names()
+
+    def schema(self, name: str) -> pa.Schema:
+        """The Arrow schema of table ``name`` (PopQLError N001 when there is no such table)."""
+        schema = self.catalog.schema(name)
+        if schema is None:
+            hint = did_you_mean_hint(name, self.tables())
+            raise PopQLError(
+                Diagnostic("N001", f"unknown table '{name}'", hints=(hint,) if hint else ())
+            )
+        return schema
+
+    def register(self, name: str, source: Any) -> None:
+        """Make ``source`` queryable as table ``name`` (replacing a table of that name).
+
+        ``source`` may be a :class:`pyarrow.Table`, ``RecordBatch``, ``RecordBatchReader``
+        (read to the end now), ``pyarrow.dataset.Dataset`` (scanned lazily), a pandas
+        DataFrame, a DataFusion DataFrame (registered as a view), any object exporting an Arrow
+        stream (``__arrow_c_stream__``: polars, DuckDB...), or a path to a Parquet, CSV or
+        Arrow IPC (``.arrow``/``.feather``/``.ipc``/``.arrows``) file or a folder of such files
+        (the format comes from the suffix; others are F002). Files are read lazily at query
+        time; only their schema is read now.
+
+        ``name`` is used exactly as given, like a double-quoted SQL identifier: register
+        lower-case names to refer to them unquoted.
+        """
+        if not isinstance(name, str) or not name:
+            raise TypeError("a table name must be a non-empty str")
+        qname = quote_identifier(name)
+        if isinstance(source, str | os.PathLike):
+            path = Path(source)
+            self._register_path(name, path)
+            return
+        table: pa.Table | None = None
+        if isinstance(source, pa.Table):
+            table = source
+        elif isinstance(source, pa.RecordBatch):
+            table = pa.Table.from_batches([source])
+        elif isinstance(source, pa.RecordBatchReader):
+            table = source.read_all()
+        elif _is_pandas_frame(source):
+            named_index = any(n is not None for n in source.index.names)
+            table = pa.Table.from_pandas(source, preserve_index=named_index)
+        elif isinstance(source, datafusion.DataFrame):
+            self._replace(name)
+            self.ctx.register_table(qname, source)
+            return
+        elif _is_arrow_dataset(source):
+            self._replace(name)
+            self.ctx.register_dataset(qname, source)
+            return
+        elif hasattr(source, "__arrow_c_stream__"):
+            table = pa.table(source)
+        else:
+            raise TypeError(
+                f"cannot register a {type(source).__module__}.{type(source).__qualname__}: "
+                "expected a pyarrow Table/RecordBatchReader/Dataset, a pandas DataFrame or "
+                "a path to a Parquet, CSV or Arrow file or folder"
+            )
+        self._register_arrow(name, table)
+
+    def deregister(self, name: str) -> None:
+        """Remove table ``name`` (no error when it does not exist)."""
+        self.ctx.deregister_table(quote_identifier(name))
+
+    # -- internals: registration -----------------------------------------------------------------
+
+    def _replace(self, name: str) -> None:
+        if self.ctx.catalog().schema().table_exist(name):
+            self.ctx.deregister_table(quote_identifier(name))
+
+    def _register_arrow(self, name: str, table: pa.Table) -> None:
+        batches = table.combine_chunks().to_batches() if table.num_rows else []
+        if not batches:
+            batches = [pa.RecordBatch.from_pylist([], schema=table.schema)]
+        self._replace(name)
+        self.ctx.register_record_batches(quote_identifier(name), [batches])
+
+    def _register_path(self, name: str, path: Path) -> None:
+        shown = os.fspath(path)
+        if not path.exists():
+            raise PopQLError(Diagnostic("F001", f"file not found: {shown}"))
+        if path.is_dir():
+            fmt, suffix = _folder_format(path)
+        else:
+            suffix = path.suffix
+            fmt = _FORMATS.get(suffix.lower(), "")
+            if not fmt:
+                raise PopQLError(_unsupported(shown, suffix))
+        location = str(path.resolve())
+        qname = quote_identifier(name)
+        self._replace(name)
+        partitions = _hive_partitions(path, suffix) if path.is_dir() else []
+        try:
+            if fmt == "parquet":
+                self.ctx.register_parquet(
+                    qname, location, file_extension=suffix, table_partition_cols=partitions
+                )
+            elif fmt == "csv":
+                self.ctx.register_csv(qname, location, file_extension=suffix)
+            else:
+                self.ctx.register_arrow(
+                    qname, location, file_extension=suffix, table_partition_cols=partitions
+                )
+        except Exception as exc:
+            raise PopQLError(translate_file_error(message_of(exc), shown)) from exc
+
+    def _open_dataset(self, root: Path) -> None:
+        shown = os.fspath(root)
+        if root.exists() and not root.is_dir():
+            raise PopQLError(
+                Diagnostic("F001", f"not a dataset directory: {shown} is a file"),
+            )
+        tables_dir = root / TABLES_DIR
+        try:
+            tables_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PopQLError(
+                Diagnostic("F004", f"cannot create dataset directory {tables_dir}: {exc.strerror}")
+            ) from exc
+        sources: dict[str, Path] = {}
+        for entry in sorted(tables_dir.iterdir()):
+            if entry.name.startswith((".", "_")):
+                continue
+            if entry.is_file() and entry.suffix.lower() == ".parquet":
+                name = entry.name[: -len(entry.suffix)]
+            elif entry.is_dir() and _has_files(entry, ".parquet"):
+                name = entry.name
+                if name.lower().endswith(".parquet"):
+                    name = name[: -len(".parquet")]
+            else:
+                continue
+            if name in sources:
+                raise PopQLError(
+                    Diagnostic(
+                        "F001",
+                        f"two sources for table '{name}' in {tables_dir}: "
+                        f"{sources[name].name} and {entry.name}",
+                        hints=("remove or rename one of them",),
+                    )
+                )
+            sources[name] = entry
+        for name, entry in sources.items():
+            self._register_path(name, entry)
+
+    def _scratch(self) -> Session:
+        """An in-memory session with empty copies of this session's tables (for checking)."""
+        scratch = Session()
+        for name in self.tables():
+            schema = self.catalog.schema(name)
+            if schema is None:
+                continue
+            empty = pa.RecordBatch.from_pylist([], schema=schema)
+            scratch.ctx.register_record_batches(quote_identifier(name), [[empty]])
+        builtin = set(scratch.ctx.udfs())
+        for fn in self.ctx.udfs():
+            if fn not in builtin:
+                try:
+                    scratch.ctx.register_udf(self.ctx.udf(fn))
+                except Exception:
+                    continue
+        return scratch
+
+    # -- internals: statements -------------------------------------------------------------------
+
+    def _parse(self, text: str, file: str | None) -> Script:
+        from popql import syntax
+
+        try:
+            return syntax.parse(text, file=file)
+        except PopQLError as err:
+            raise _with_context(err, text, file) from err
+        except RecursionError as exc:
+            raise PopQLError(
+                Diagnostic("E001", "statement nested too deeply to parse", file=file),
+                source=text,
+                file=file,
+            ) from exc
+        except Exception as exc:
+            raise PopQLError(internal_error(exc, text, None, file), source=text, file=file) from exc
+
+    def _run_statement(
+        self,
+        stmt: Any,
+        text: str,
+        file: str | None,
+        params: Mapping[str, Any] | None,
+        *,
+        execute: bool,
+    ) -> Result:
+        from popql.engine.lower import compile_statement
+
+        start, end = _statement_range(stmt, text)
+        stmt_text = text[start:end]
+        span = getattr(stmt, "span", None)
+        try:
+            lowered = compile_statement(stmt, self.catalog)
+        except PopQLError as err:
+            raise _with_context(err, text, file) from err
+        except Exception as exc:
+            raise PopQLError(
+                internal_error(exc, stmt_text, span, file), source=text, file=file
+            ) from exc
+
+        sql: str = lowered.sql
+        kind: str = getattr(lowered, "kind", "query")
+
+        def translate(exc: BaseException) -> BaseException:
+            if isinstance(exc, PopQLError):
+                return exc
+            return self._translate(exc, text, (start, end), file, sql)
+
+        try:
+            for udf in getattr(lowered, "udfs", ()) or ():
+                self.ctx.register_udf(udf)
+            values = _param_values(params, getattr(lowered, "params", None))
+            # param_values binds $name placeholders as typed scalars after parsing; the
+            # keyword form of ctx.sql pastes text into the query, so it is never used.
+            df = self.ctx.sql(sql, param_values=values) if values else self.ctx.sql(sql)
+            if kind != "query" and execute:
+                schema = df.schema()
+                batches = df.collect()
+                table = pa.Table.from_batches(batches) if batches else schema.empty_table()
+                return Result(table, kind=kind, statement=stmt_text, sql=sql)
+        except Exception as exc:
+            raise translate(exc) from exc
+        return Result(df, kind=kind, statement=stmt_text, sql=sql, on_error=translate)
+
+    def _translate(
+        self,
+        exc: BaseException,
+        text: str,
+        statement: tuple[int, int],
+        file: str | None,
+        sql: str | None,
+    ) -> PopQLError:
+        try:
+            tables = self.catalog.table_names()
+            functions = self.catalog.function_names()
+        except Exception:
+            tables, functions = [], []
+        diagnostic = translate_message(
+            message_of(exc),
+            text,
+            statement,
+            table_names=tables,
+            function_names=functions,
+            file=file,
+            sql=sql,
+        )
+        return PopQLError(diagnostic, source=text, file=file)
+
+
+def _param_values(
+    user: Mapping[str, Any] | None, lowered: Mapping[str, Any] | None
+) -> dict[str, Any] | None:
+    values: dict[str, Any] = {}
+    for key, value in (user or {}).items():
+        values[str(key).removeprefix("$")] = value
+    # Parameters introduced by the lowering (e.g. literal image embeddings) take precedence.
+    values.update(lowered or {})
+    return values or None
+
+
+def _is_arrow_dataset(obj: object) -> bool:
+    ds = sys.modules.get("pyarrow.dataset")
+    return ds is not None and isinstance(obj, ds.Dataset)
+
+
+def _unsupported(shown: str, suffix: str) -> Diagnostic:
+    known = ", ".join(sorted(_FORMATS))
+    what = f"'{suffix}' files" if suffix else "files without a suffix"
+    return Diagnostic(
+        "F002",
+        f"unsupported data format: {what} ({shown})",
+        hints=(f"supported suffixes: {known}",),
+    )
+
+
+def _data_files(folder: Path) -> list[Path]:
+    files = []
+    for p in folder.rglob("*"):
+        rel = p.relative_to(folder).parts
+        if any(part.startswith((".", "_")) for part in rel):
+            continue
+        if p.is_file():
+            files.append(p)
+    return files
+
+
+def _has_files(folder: Path, suffix: str) -> bool:
+    return any(p.suffix.lower() == suffix for p in _data_files(folder))
+
+
+def _hive_partitions(folder: Path, suffix: str) -> list[tuple[str, str | pa.DataType]]:
+    """Partition columns of a hive-style folder (``year=2024/month=1/x.parquet``).
+
+    Every data file must sit under the same sequence of ``key=value`` folders; otherwise
+    (or for a flat folder) there are none. Partition values are read as strings.
+    """
+    layouts = set()
+    for p in _data_files(folder):
+        if p.suffix != suffix:
+            continue
+        parents = p.relative_to(folder).parts[:-1]
+        if not all("=" in part and not part.startswith("=") for part in parents):
+            return []
+        layouts.add(tuple(part.split("=", 1)[0] for part in parents))
+    if len(layouts) != 1:
+        return []
+    return [(key, pa.string()) for key in layouts.pop()]
+
+
+def _folder_format(folder: Path) -> tuple[str, str]:
+    """(format, suffix) of the data files in ``folder``; F002 when none or mixed."""
+    suffixes = {p.suffix for p in _data_files(folder)}
+    known = {s for s in suffixes if s.lower() in _FORMATS}
+    shown = os.fspath(folder)
+    if not known:
+        if suffixes:
+            listed = ", ".join(sorted(s or "(none)" for s in suffixes))
+            raise PopQLError(
+                Diagnostic(
+                    "F002",
+                    f"unsupported data format: no Parquet, CSV or Arrow files in {shown}",
+                    hints=(f"found suffixes: {listed}",),
+                )
+            )
+        raise PopQLError(Diagnostic("F001", f"no data files in folder {shown}"))
+    if len(known) > 1:
+        raise PopQLError(
+            Diagnostic(
+                "F002",
+                f"mixed data formats in folder {shown}: {', '.join(sorted(known))}",
+                hints=("a folder table must hold files of one format",),
+            )
+        )
+    suffix = known.pop()
+    return _FORMATS[suffix.lower()], suffix

@@ -1,0 +1,531 @@
+"""The ``popql`` command line.
+
+::
+
+    popql query "SELECT ..." [--dataset DIR] [--format table|csv|json] [--register NAME=PATH ...]
+    popql run FILE.popql     [--dataset DIR] [--format table|csv|json] [--register NAME=PATH ...]
+    popql fmt FILE... [--check] [--diff]
+    popql check FILE... [--dataset DIR] [--register NAME=PATH ...] [--format text|json]
+
+Also ``python -m popql.repl``. See :data:`EPILOG` for exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import datetime as _dt
+import decimal
+import difflib
+import json
+import os
+import sys
+import tempfile
+import traceback
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, NoReturn
+
+from popql.diagnostics import Diagnostic, PopQLError, internal_error, render, to_json
+
+if TYPE_CHECKING:
+    from popql.engine import Result, Session
+
+__all__ = ["EXIT_BUG", "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "main"]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_BUG = 3
+EXIT_INTERRUPTED = 130
+
+EPILOG = """\
+exit codes:
+  0    success
+  1    a user error (diagnostics are printed to stderr), or `fmt --check` found files
+       that would be reformatted
+  2    bad command-line usage
+  3    internal error: a bug in PopQL (please report it)
+  130  interrupted (Ctrl-C)
+
+environment:
+  NO_COLOR   set to disable coloured diagnostics (colour is used only when stderr is a
+             terminal)
+"""
+
+
+class _UsageError(Exception):
+    """Bad command-line usage detected after argparse (exit 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="popql",
+        description="PopQL: query, run, format and check PopQL (an SQL superset for "
+        "populations of images, run on Apache DataFusion).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def data_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--dataset",
+            metavar="DIR",
+            help="dataset directory: every Parquet file or folder in DIR/tables/ is a table",
+        )
+        p.add_argument(
+            "--register",
+            metavar="NAME=PATH",
+            action="append",
+            default=[],
+            help="register a Parquet/CSV/Arrow file or folder as table NAME (repeatable)",
+        )
+
+    def command(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=help,
+            description=description,
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    q = command(
+        "query",
+        "run PopQL text given on the command line and print the result",
+        "Run PopQL text (one or more statements; '-' reads stdin) and print the "
+        "result of each statement that returns rows.",
+    )
+    q.add_argument("text", metavar="QUERY", help="PopQL text, or '-' to read it from stdin")
+    data_options(q)
+    q.add_argument(
+        "--format",
+        choices=("table", "csv", "json"),
+        default="table",
+        help="output format (json: one JSON object per row; diagnostics as JSON)",
+    )
+
+    r = command(
+        "run",
+        "run a .popql file",
+        "Run every statement of a .popql file in order and print the result of "
+        "each statement that returns rows.",
+    )
+    r.add_argument("file", metavar="FILE", help="a .popql file")
+    data_options(r)
+    r.add_argument(
+        "--format",
+        choices=("table", "csv", "json"),
+        default="table",
+        help="output format (json: one JSON object per row; diagnostics as JSON)",
+    )
+
+    f = command(
+        "fmt",
+        "format .popql files in place",
+        "Rewrite .popql files in their canonical layout ('-' formats stdin to "
+        "stdout). With --check or --diff nothing is written.",
+    )
+    f.add_argument("files", metavar="FILE", nargs="+", help=".popql files, or '-' for stdin")
+    f.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 if any file would be reformatted",
+    )
+    f.add_argument(
+        "--diff", action="store_true", help="write nothing; print a unified diff of the changes"
+    )
+
+    c = command(
+        "check",
+        "parse and check .popql files without running them",
+        "Parse and check .popql files against the tables of --dataset/--register "
+        "(or none) without running any query. Statements are checked in order in a scratch "
+        "in-memory session holding empty copies of the tables, where CREATE/DROP statements "
+        "are executed, so tables a file creates are known to its later statements; nothing "
+        "is read or written. Each file is checked on its own. Prints nothing when all is "
+        "well; usable as a pre-commit hook.",
+    )
+    c.add_argument("files", metavar="FILE", nargs="+", help=".popql files")
+    data_options(c)
+    c.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="diagnostics as text on stderr, or as one JSON list on stdout",
+    )
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (see :data:`EPILOG`)."""
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as exc:  # --help, or a usage error (argparse prints the message)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if args.version:
+        print(f"popql {_version()}")
+        return EXIT_OK
+    if args.command is None:
+        parser.print_help()
+        return EXIT_OK
+    json_diagnostics = getattr(args, "format", None) == "json"
+    try:
+        if args.command == "query":
+            return _cmd_query(args)
+        if args.command == "run":
+            return _cmd_run(args)
+        if args.command == "fmt":
+            return _cmd_fmt(args)
+        if args.command == "check":
+            return _cmd_check(args)
+        raise AssertionError(f"unhandled command {args.command!r}")  # pragma: no cover
+    except KeyboardInterrupt:
+        _flush_quietly()
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_OK
+    except _UsageError as exc:
+        print(f"popql {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except PopQLError as err:
+        _report(err, json_diagnostics)
+        return _status_for(err.diagnostics)
+    except Exception as exc:
+        diag = internal_error(exc, None)
+        _print_err(render([diag], None, color=_use_color()))
+        traceback.print_exception(exc, file=sys.stderr)
+        return EXIT_BUG
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("popql")
+    except Exception:
+        return "unknown"
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------------
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    text: str = args.text
+    name = "<query>"
+    if text == "-":
+        text = sys.stdin.read()
+        name = "<stdin>"
+    session = _open_session(args)
+    _print_results(session.iterate(text, file=name), args.format)
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from popql.engine.session import read_source
+
+    text = read_source(args.file)
+    session = _open_session(args)
+    _print_results(session.iterate(text, file=args.file), args.format)
+    return EXIT_OK
+
+
+def _cmd_fmt(args: argparse.Namespace) -> int:
+    from popql.engine.session import read_source
+
+    from popql.format import format_script
+    from popql.syntax import parse
+
+    status = EXIT_OK
+    would_change = 0
+    for file in args.files:
+        if file == "-":
+            text = sys.stdin.read()
+            try:
+                formatted = format_script(parse(text, file="<stdin>"))
+            except PopQLError as err:
+                _report(_context(err, text, "<stdin>"), False)
+                status = max(status, _status_for(err.diagnostics))
+                continue
+            if args.check or args.diff:
+                if formatted != text:
+                    would_change += 1
+                    if args.diff:
+                        _write_out(_diff(text, formatted, "<stdin>"))
+                    if args.check:
+                        _print_err("would reformat <stdin>")
+            else:
+                _write_out(formatted)
+            continue
+        try:
+            text = read_source(file)
+        except PopQLError as err:
+            _report(err, False)
+            status = max(status, _status_for(err.diagnostics))
+            continue
+        try:
+            formatted = format_script(parse(text, file=file))
+        except PopQLError as err:
+            _report(_context(err, text, file), False)
+            status = max(status, _status_for(err.diagnostics))
+            continue
+        if formatted == text:
+            continue
+        would_change += 1
+        if args.diff:
+            _write_out(_diff(text, formatted, file))
+        if args.check:
+            _print_err(f"would reformat {file}")
+        elif not args.diff:
+            _write_file(file, formatted)
+            _print_err(f"reformatted {file}")
+    if args.check and would_change and status == EXIT_OK:
+        status = EXIT_ERROR
+    return status
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from popql.engine.session import read_source
+
+    session = _open_session(args)
+    collected: list[Diagnostic] = []
+    status = EXIT_OK
+    as_json = args.format == "json"
+    for file in args.files:
+        try:
+            text = read_source(file)
+            session.check(text, file=file)
+        except PopQLError as err:
+            err = _context(err, err.source, file)
+            status = max(status, _status_for(err.diagnostics))
+            if as_json:
+                collected.extend(err.diagnostics)
+            else:
+                _report(err, False)
+    if as_json:
+        _write_out(to_json(collected) + "\n")
+    return status
+
+
+# ---------------------------------------------------------------------------------------------
+# Sessions and output
+# ---------------------------------------------------------------------------------------------
+
+
+def _open_session(args: argparse.Namespace) -> Session:
+    from popql.engine import connect
+
+    dataset = getattr(args, "dataset", None)
+    if dataset is not None and not Path(dataset).is_dir():
+        raise PopQLError(
+            Diagnostic(
+                "F001",
+                f"dataset directory not found: {dataset}",
+                hints=("create it, or check the --dataset path",),
+            )
+        )
+    session = connect(dataset)
+    for item in getattr(args, "register", None) or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise _UsageError(f"--register expects NAME=PATH, got {item!r}")
+        session.register(name, path)
+    return session
+
+
+def _print_results(results: Iterable[Result], fmt: str) -> None:
+    first = True
+    for result in results:
+        if result.kind != "query":
+            continue
+        separator = "" if first else "\n"
+        if fmt == "table":
+            text = _table_text(result)  # runs the query before anything is printed
+            _write_out(separator + text + "\n")
+        elif fmt == "csv":
+            _write_csv(result, separator)
+        else:
+            _write_json_lines(result)
+        first = False
+        sys.stdout.flush()
+
+
+def _table_text(result: Result) -> str:
+    from popql.engine.result import format_table
+
+    table = result.to_arrow()
+    if table.num_columns == 0:
+        return "(no columns)"
+    return format_table(table, max_rows=None)
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready version of an Arrow value."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, _dt.datetime | _dt.date | _dt.time):
+        return value.isoformat()
+    if isinstance(value, _dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        if value and all(isinstance(v, tuple) and len(v) == 2 for v in value):
+            return {str(k): _plain(v) for k, v in value}
+        return [_plain(v) for v in value]
+    return str(value)
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list | tuple):
+        return json.dumps(_plain(value), ensure_ascii=False)
+    if isinstance(value, _dt.datetime | _dt.date | _dt.time):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    return value
+
+
+def _write_csv(result: Result, separator: str = "") -> None:
+    """Stream ``result`` as CSV; the header is written with the first batch, so an error
+    raised while starting the query leaves no partial output."""
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    names = result.schema.names
+    started = False
+    for batch in result:
+        if not started:
+            _write_out(separator)
+            writer.writerow(names)
+            started = True
+        for row in batch.to_pylist():
+            writer.writerow([_csv_cell(row[n]) for n in names])
+    if not started:
+        _write_out(separator)
+        writer.writerow(names)
+
+
+def _write_json_lines(result: Result) -> None:
+    for batch in result:
+        lines = [
+            json.dumps({k: _plain(v) for k, v in row.items()}, ensure_ascii=False)
+            for row in batch.to_pylist()
+        ]
+        if lines:
+            _write_out("\n".join(lines) + "\n")
+
+
+def _diff(old: str, new: str, name: str) -> str:
+    return "".join(
+        difflib.unified_diff(
+            old.splitlines(keepends=True),
+            new.splitlines(keepends=True),
+            fromfile=f"{name} (original)",
+            tofile=f"{name} (formatted)",
+        )
+    )
+
+
+def _write_file(path: str, text: str) -> None:
+    """Replace ``path``'s content atomically, keeping its permissions."""
+    target = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+                fh.write(text)
+            with contextlib.suppress(OSError):
+                os.chmod(tmp, target.stat().st_mode & 0o7777)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise PopQLError(
+            Diagnostic("F004", f"cannot write {path}: {exc.strerror or exc}", file=path)
+        ) from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# Diagnostics
+# ---------------------------------------------------------------------------------------------
+
+
+def _context(err: PopQLError, source: str | None, file: str | None) -> PopQLError:
+    if err.source is not None or source is None:
+        return err
+    return PopQLError(err.diagnostics, source=source, file=err.file or file)
+
+
+def _status_for(diagnostics: Iterable[Diagnostic]) -> int:
+    codes = [d.code for d in diagnostics]
+    return EXIT_BUG if "I001" in codes else EXIT_ERROR
+
+
+def _use_color() -> bool:
+    if os.environ.get("NO_COLOR"):
+        return False
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _report(err: PopQLError, as_json: bool) -> None:
+    if as_json:
+        _print_err(to_json(err.diagnostics))
+        return
+    _print_err(render(err.diagnostics, err.source, err.file, color=_use_color()))
+    if "I001" in err.codes and err.__cause__ is not None:
+        _print_err("")
+        traceback.print_exception(err.__cause__, file=sys.stderr)
+
+
+def _print_err(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def _write_out(text: str, stream: IO[str] | None = None) -> None:
+    (stream or sys.stdout).write(text)
+
+
+def _flush_quietly() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+
+
+def _silence_stdout() -> None:
+    # Python flushes stdout at exit; after a broken pipe that would print another error.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
