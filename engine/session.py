@@ -49,7 +49,7 @@ import pyarrow as pa
 from popql.diagnostics import Diagnostic, PopQLError, did_you_mean_hint, internal_error
 
 from .catalog import DataFusionCatalog
-from .errors import message_of, translate_file_error, translate_message
+from .errors import clean_message, message_of, translate_file_error, translate_message
 from .result import Result
 
 if TYPE_CHECKING:
@@ -145,12 +145,18 @@ class Session:
         path: the dataset directory, or None for an in-memory session.
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
-        config = (
-            datafusion.SessionConfig()
-            .with_information_schema(True)
-            .with_target_partitions(max(1, os.cpu_count() or 1))
-        )
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        config: datafusion.SessionConfig | None = None,
+    ) -> None:
+        if config is None:
+            config = (
+                datafusion.SessionConfig()
+                .with_information_schema(True)
+                .with_target_partitions(max(1, os.cpu_count() or 1))
+            )
         self.ctx: datafusion.SessionContext = datafusion.SessionContext(config)
         self.catalog: DataFusionCatalog = DataFusionCatalog(self.ctx)
         self.path: Path | None = None
@@ -276,33 +282,37 @@ class Session:
             path = Path(source)
             self._register_path(name, path)
             return
-        table: pa.Table | None = None
-        if isinstance(source, pa.Table):
-            table = source
-        elif isinstance(source, pa.RecordBatch):
-            table = pa.Table.from_batches([source])
-        elif isinstance(source, pa.RecordBatchReader):
-            table = source.read_all()
-        elif _is_pandas_frame(source):
-            named_index = any(n is not None for n in source.index.names)
-            table = pa.Table.from_pandas(source, preserve_index=named_index)
-        elif isinstance(source, datafusion.DataFrame):
-            self._replace(name)
-            self.ctx.register_table(qname, source)
-            return
-        elif _is_arrow_dataset(source):
-            self._replace(name)
-            self.ctx.register_dataset(qname, source)
-            return
-        elif hasattr(source, "__arrow_c_stream__"):
-            table = pa.table(source)
-        else:
+        supported = (
+            isinstance(source, pa.Table | pa.RecordBatch | pa.RecordBatchReader)
+            or _is_pandas_frame(source)
+            or isinstance(source, datafusion.DataFrame)
+            or _is_arrow_dataset(source)
+            or hasattr(source, "__arrow_c_stream__")
+        )
+        if not supported:
             raise TypeError(
                 f"cannot register a {type(source).__module__}.{type(source).__qualname__}: "
                 "expected a pyarrow Table/RecordBatchReader/Dataset, a pandas DataFrame or "
                 "a path to a Parquet, CSV or Arrow file or folder"
             )
-        self._register_arrow(name, table)
+        try:
+            if isinstance(source, datafusion.DataFrame):
+                self._replace(name)
+                self.ctx.register_table(qname, source)
+            elif _is_arrow_dataset(source):
+                self._replace(name)
+                self.ctx.register_dataset(qname, source)
+            else:
+                self._register_arrow(name, _to_arrow_table(source))
+        except Exception as exc:
+            # e.g. a pandas object column mixing ints and strings, a failing reader
+            raise PopQLError(
+                Diagnostic(
+                    "E001",
+                    f"cannot register table '{name}': {clean_message(message_of(exc))}",
+                    hints=(f"{type(exc).__name__}: {exc}",),
+                )
+            ) from exc
 
     def deregister(self, name: str) -> None:
         """Remove table ``name`` (no error when it does not exist)."""
@@ -505,6 +515,19 @@ def _param_values(
     # Parameters introduced by the lowering (e.g. literal image embeddings) take precedence.
     values.update(lowered or {})
     return values or None
+
+
+def _to_arrow_table(source: Any) -> pa.Table:
+    if isinstance(source, pa.Table):
+        return source
+    if isinstance(source, pa.RecordBatch):
+        return pa.Table.from_batches([source])
+    if isinstance(source, pa.RecordBatchReader):
+        return source.read_all()
+    if _is_pandas_frame(source):
+        named_index = any(n is not None for n in source.index.names)
+        return pa.Table.from_pandas(source, preserve_index=named_index)
+    return pa.table(source)
 
 
 def _is_arrow_dataset(obj: object) -> bool:

@@ -401,6 +401,7 @@ class Trim(Expr):
     operand: Expr
     where: str | None = None  # BOTH, LEADING, TRAILING
     chars: Expr | None = None
+    from_: bool = True  # TRIM(... FROM x); False for TRIM(LEADING x)
 
 
 @dataclass(frozen=True)
@@ -824,6 +825,7 @@ class SetVariable(Statement):
 @dataclass(frozen=True)
 class SetTimeZone(Statement):
     value: Expr
+    equals: bool = False  # SET TIME ZONE = 'x' (a variable assignment) vs SET TIME ZONE 'x'
 
 
 @dataclass(frozen=True)

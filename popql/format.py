@@ -26,7 +26,7 @@ from typing import Any
 from popql import ast as A
 
 # Binding strength of each operator level, as the grammar layers them (higher binds tighter).
-OR, AND, NOT, IS, LIKE, CMP, BITOR, BITXOR, BITAND, SHIFT, ADD, MUL, UNARY, ATTZ, POSTFIX, ATOM = (
+OR, AND, NOT, SHIFT, IS, LIKE, CMP, BITOR, BITXOR, BITAND, ADD, MUL, UNARY, ATTZ, POSTFIX, ATOM = (
     range(1, 17)
 )
 
@@ -375,11 +375,11 @@ class Printer:
         inner = ""
         if n.where:
             inner += n.where + " "
+        if not n.from_:
+            return f"TRIM({inner}{self.expr(n.operand)})"
         if n.chars is not None:
             inner += self.expr(n.chars) + " "
-        if inner:
-            return f"TRIM({inner}FROM {self.expr(n.operand)})"
-        return f"TRIM({self.expr(n.operand)})"
+        return f"TRIM({inner}FROM {self.expr(n.operand)})"
 
     def _Overlay(self, n: A.Overlay) -> str:
         out = (
@@ -771,7 +771,8 @@ class Printer:
         return f"SET{scope} {n.name} = {self.expr(n.value)}"
 
     def _SetTimeZone(self, n: A.SetTimeZone) -> str:
-        return f"SET TIME ZONE {self.expr(n.value)}"
+        eq = "= " if n.equals else ""
+        return f"SET TIME ZONE {eq}{self.expr(n.value)}"
 
     def _Reset(self, n: A.Reset) -> str:
         return f"RESET {n.name}"

@@ -44,7 +44,9 @@ def parser() -> Lark:
         lexer="contextual",
         propagate_positions=True,
         maybe_placeholders=False,
-        cache=False,
+        # Building the LALR tables takes seconds; Lark caches them in the temp directory, keyed
+        # by a hash of the grammar and options, so later processes load them in milliseconds.
+        cache=True,
     )
 
 
@@ -1066,7 +1068,7 @@ class _Builder(Transformer):
 
     @_handler
     def trim_where_only(self, c: list[Any]) -> A.Trim:
-        return A.Trim(c[1], c[0].value, None)
+        return A.Trim(c[1], c[0].value, None, from_=False)
 
     @_handler
     def trim_call(self, c: list[Any]) -> A.FunctionCall:
@@ -1424,6 +1426,10 @@ class _Builder(Transformer):
     @_handler
     def set_time_zone(self, c: list[Any]) -> A.SetTimeZone:
         return A.SetTimeZone(next(x for x in c if isinstance(x, A.Expr)))
+
+    @_handler
+    def set_time_zone_eq(self, c: list[Any]) -> A.SetTimeZone:
+        return A.SetTimeZone(next(x for x in c if isinstance(x, A.Expr)), equals=True)
 
     @_handler
     def reset_stmt(self, c: list[Any]) -> A.Reset:

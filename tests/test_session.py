@@ -240,6 +240,15 @@ def test_register_errors(tmp_path: Path) -> None:
 
     with pytest.raises(TypeError):
         s.register("x", 42)
+
+    def failing() -> object:
+        yield SAMPLE.to_batches()[0]
+        raise OSError("disk gone")
+
+    reader = pa.RecordBatchReader.from_batches(SAMPLE.schema, failing())
+    with pytest.raises(PopQLError) as info:
+        s.register("x", reader)
+    assert info.value.code == "E001" and "disk gone" in str(info.value)
     with pytest.raises(TypeError):
         s.register("", SAMPLE)
 

@@ -1,0 +1,362 @@
+"""Checked AST → DataFusion SQL: the one module that lowers PopQL to DataFusion.
+
+Plain SQL is printed back unchanged (``popql.format.to_sql``: identifiers, numbers and strings as
+written, every nested operator parenthesised), so DataFusion plans exactly what it would have
+planned for the original text.  PopQL's own constructs are rewritten first, through the
+``EXPR_LOWERINGS`` and ``STATEMENT_LOWERINGS`` tables below:
+
+=====================================  =========================================================
+PopQL                                  DataFusion SQL
+=====================================  =========================================================
+``labels TAGGED 'night'``              ``array_has(labels, 'night')``
+``labels TAGGED ('a', 'b')``           ``array_has_any(labels, make_array('a', 'b'))``
+``labels TAGGED ALL ('a', 'b')``       ``array_has_all(labels, make_array('a', 'b'))``
+``x NOT TAGGED ...``                   ``NOT (...)``
+``TAGGED 'x'`` (bare)                  the same on the table's ``labels`` or ``tags`` list column
+``COUNT(dets WHERE p)``                ``popql_count_<hash>(dets)``: a vectorised Arrow UDF that
+                                       evaluates ``p`` over the list's struct fields and counts
+``ANY(dets WHERE p)``                  ``popql_count_<hash>(dets) > 0``
+``ALL(dets WHERE p)``                  ``popql_count_<hash>(dets) = cardinality(dets)``
+``text_col SIMILAR TO 'pat'``          unchanged: SQL's regular-expression match
+``image SIMILAR TO 'text' ...``,       diagnostic X001 (executed by the similarity-search
+``NEAR ...``, ``SIMILARITY(...)``      release), pointing at the construct
+populations and testing statements     diagnostic X001
+=====================================  =========================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from popql import ast as A
+from popql.check import Catalog, ColumnInfo, Scope, is_list_type, is_text_type, list_item_type
+from popql.diagnostics import Diagnostic, PopQLError, did_you_mean
+from popql.format import to_sql
+
+
+@dataclass(frozen=True)
+class Lowered:
+    sql: str
+    params: dict[str, object] = field(default_factory=dict)
+    udfs: tuple[Any, ...] = ()
+    kind: str = "query"  # "query" returns rows, "command" changes state
+
+
+QUERY_STATEMENTS = (A.Query, A.Explain, A.Show, A.Describe)
+
+
+def compile_statement(stmt: A.Statement, catalog: Catalog | None) -> Lowered:
+    """Check and lower one statement to DataFusion SQL (raises PopQLError)."""
+    handler = STATEMENT_LOWERINGS.get(type(stmt))
+    if handler is not None:
+        handler(stmt)
+    lowering = _Lowering(catalog)
+    lowered = lowering.statement(stmt)
+    kind = "query" if isinstance(stmt, QUERY_STATEMENTS) else "command"
+    return Lowered(to_sql(lowered), {}, tuple(lowering.udfs.values()), kind)
+
+
+def not_available(node: A.Node, what: str | None = None) -> PopQLError:
+    name = what or _describe(node)
+    return PopQLError(
+        (
+            Diagnostic(
+                "X001",
+                f"{name} is not available yet",
+                node.span,
+                hints=(
+                    "PopQL parses and checks this construct already; the release that executes"
+                    " it is on the roadmap (see README: Roadmap).",
+                ),
+            ),
+        )
+    )
+
+
+def _describe(node: A.Node) -> str:
+    return {
+        A.CreatePopulation: "CREATE POPULATION",
+        A.FreezePopulation: "FREEZE POPULATION",
+        A.DiffPopulation: "DIFF POPULATION",
+        A.HoldOut: "HOLD OUT",
+        A.Evaluate: "EVALUATE",
+        A.Compare: "COMPARE",
+        A.Expect: "EXPECT",
+        A.FindFailures: "FIND FAILURES",
+        A.ImportPredictions: "IMPORT PREDICTIONS",
+        A.Near: "NEAR (image similarity search)",
+        A.SimilarityScore: "SIMILARITY() (similarity score)",
+        A.SimilarTo: "SIMILAR TO on an image column (text-to-image search)",
+    }.get(type(node), type(node).__name__)
+
+
+def _refuse(stmt: A.Statement) -> None:
+    raise not_available(stmt)
+
+
+def _refuse_show(stmt: A.Statement) -> None:
+    assert isinstance(stmt, A.Show)
+    if stmt.kind == "POPULATIONS":
+        raise not_available(stmt, "SHOW POPULATIONS")
+
+
+def _refuse_drop(stmt: A.Statement) -> None:
+    assert isinstance(stmt, A.Drop)
+    if stmt.kind == "POPULATION":
+        raise not_available(stmt, "DROP POPULATION")
+
+
+STATEMENT_LOWERINGS: dict[type, Callable[[A.Statement], None]] = {
+    A.CreatePopulation: _refuse,
+    A.FreezePopulation: _refuse,
+    A.DiffPopulation: _refuse,
+    A.HoldOut: _refuse,
+    A.Evaluate: _refuse,
+    A.Compare: _refuse,
+    A.Expect: _refuse,
+    A.FindFailures: _refuse,
+    A.ImportPredictions: _refuse,
+    A.Show: _refuse_show,
+    A.Drop: _refuse_drop,
+}
+
+
+class _Lowering:
+    """Rebuilds the statement bottom-up, rewriting PopQL nodes with the table below."""
+
+    def __init__(self, catalog: Catalog | None) -> None:
+        self.catalog = catalog
+        self.udfs: dict[str, Any] = {}
+
+    def statement(self, stmt: A.Statement) -> A.Statement:
+        scope: Scope | None = None
+        if isinstance(stmt, (A.Update, A.Delete)):
+            scope = Scope.for_table(stmt.table, self.catalog)
+        out = self.visit(stmt, scope)
+        assert isinstance(out, A.Statement)
+        return out
+
+    def visit(self, node: Any, scope: Scope | None) -> Any:
+        if isinstance(node, tuple):
+            return tuple(self.visit(x, scope) for x in node)
+        if not isinstance(node, A.Node):
+            return node
+        if isinstance(node, A.Select):
+            scope = Scope.for_select(node, self.catalog, scope)
+        changes = {}
+        for f in dataclasses.fields(node):
+            if f.name == "span":
+                continue
+            old = getattr(node, f.name)
+            new = self.visit(old, scope)
+            if new is not old:
+                changes[f.name] = new
+        if changes:
+            span = node.span
+            node = dataclasses.replace(node, **changes)
+            object.__setattr__(node, "span", span)
+        rewrite = EXPR_LOWERINGS.get(type(node))
+        if rewrite is not None:
+            return rewrite(self, node, scope)
+        return node
+
+    # --- operand typing ------------------------------------------------------------------------
+
+    def operand_info(self, operand: A.Expr | None, scope: Scope | None) -> ColumnInfo | None:
+        if isinstance(operand, A.Column) and scope is not None:
+            return scope.resolve(operand)
+        return None
+
+    def default_operand(
+        self, node: A.Node, scope: Scope | None, kind: str, construct: str
+    ) -> ColumnInfo:
+        candidates = scope.default_column(kind) if scope is not None else []
+        if len(candidates) == 1:
+            return candidates[0]
+        what = "a list-of-labels column named labels or tags" if kind == "labels" else "an image column"
+        if not candidates:
+            raise PopQLError(
+                (
+                    Diagnostic(
+                        "N002",
+                        f"{construct} without a column needs {what} in the FROM tables",
+                        node.span,
+                        hints=(f"name the column explicitly: <column> {construct} ...",),
+                    ),
+                )
+            )
+        names = ", ".join(f"{c.table}.{c.name}" for c in candidates)
+        raise PopQLError(
+            (
+                Diagnostic(
+                    "N005",
+                    f"{construct} without a column is ambiguous: it could use {names}",
+                    node.span,
+                    hints=(f"name the column explicitly: <column> {construct} ...",),
+                ),
+            )
+        )
+
+
+def _ident(name: str) -> tuple[A.Identifier, ...]:
+    return (A.Identifier(name),)
+
+
+def _call(name: str, *args: A.Expr) -> A.FunctionCall:
+    return A.FunctionCall(_ident(name), tuple(args))
+
+
+def _column_expr(info: ColumnInfo) -> A.Column:
+    return A.Column((A.Identifier(info.name, quote='"'),))
+
+
+def lower_tagged(lw: _Lowering, node: A.Tagged, scope: Scope | None) -> A.Expr:
+    if node.operand is None:
+        info = lw.default_operand(node, scope, "labels", "TAGGED")
+        operand: A.Expr = _column_expr(info)
+    else:
+        operand = node.operand
+        info = lw.operand_info(operand, scope)  # type: ignore[assignment]
+    if info is not None and not (is_list_type(info.type) and is_text_type(list_item_type(info.type))):
+        raise PopQLError(
+            (
+                Diagnostic(
+                    "T003",
+                    f"TAGGED needs a list of labels, but column '{info.name}' is {info.type}",
+                    (node.operand or node).span,
+                    hints=(
+                        "TAGGED tests membership in a list<string> tag column;"
+                        " compare scalar tags with =, <, >",
+                    ),
+                ),
+            )
+        )
+    if node.mode == "ONE":
+        expr: A.Expr = _call("array_has", operand, node.labels[0])
+    else:
+        fn = "array_has_any" if node.mode == "ANY" else "array_has_all"
+        expr = _call(fn, operand, _call("make_array", *node.labels))
+    return A.Not(expr) if node.negated else expr
+
+
+def lower_list_quantifier(lw: _Lowering, node: A.ListQuantifier, scope: Scope | None) -> A.Expr:
+    from popql.engine.listpred import make_count_udf
+
+    info = lw.operand_info(node.operand, scope)
+    if info is None:
+        raise PopQLError(
+            (
+                Diagnostic(
+                    "T003",
+                    f"{node.func}(... WHERE ...) needs a list column of a FROM table",
+                    node.operand.span,
+                    hints=("write the list column's name, e.g. COUNT(detections WHERE ...)",),
+                ),
+            )
+        )
+    if not is_list_type(info.type) or not list_item_type(info.type).startswith("struct<"):
+        raise PopQLError(
+            (
+                Diagnostic(
+                    "T003",
+                    f"{node.func}(... WHERE ...) needs a list of structs (detections),"
+                    f" but column '{info.name}' is {info.type}",
+                    node.operand.span,
+                ),
+            )
+        )
+    arrow_type = _arrow_type(lw.catalog, info)
+    udf, name = make_count_udf(node.predicate, arrow_type)
+    lw.udfs[name] = udf
+    count = _call(name, node.operand)
+    if node.func == "COUNT":
+        return count
+    if node.func == "ANY":
+        return A.Binary(">", count, A.Number("0"))
+    return A.Binary("=", count, _call("cardinality", node.operand))
+
+
+def _arrow_type(catalog: Catalog | None, info: ColumnInfo) -> Any:
+    schema_fn = getattr(catalog, "schema", None)
+    schema = schema_fn(info.table) if schema_fn is not None else None
+    if schema is None:
+        raise PopQLError((Diagnostic("I001", f"no schema for table {info.table}"),))
+    return schema.field(info.name).type
+
+
+def lower_similar_to(lw: _Lowering, node: A.SimilarTo, scope: Scope | None) -> A.Expr:
+    options = node.options
+    has_options = bool(options.using or options.top_k or options.threshold or options.exact)
+    if node.operand is None:
+        raise not_available(node)
+    info = lw.operand_info(node.operand, scope)
+    if info is not None and is_text_type(info.type) and not has_options:
+        return node  # SQL's SIMILAR TO: a regular-expression match, kept as it is
+    if info is not None and not _is_image(info):
+        raise PopQLError(
+            (
+                Diagnostic(
+                    "T002",
+                    f"SIMILAR TO needs a text column (pattern match) or an image column"
+                    f" (similarity search), but '{info.name}' is {info.type}",
+                    node.operand.span,
+                    hints=_image_hint(scope),
+                ),
+            )
+        )
+    if info is None and not has_options:
+        return node  # an expression: leave SQL's meaning and let DataFusion type it
+    raise not_available(node)
+
+
+def _is_image(info: ColumnInfo) -> bool:
+    from popql.check import is_image_column
+
+    return is_image_column(info)
+
+
+def _image_hint(scope: Scope | None) -> tuple[str, ...]:
+    if scope is None:
+        return ()
+    images = [c.name for c in scope.default_column("image")]
+    return tuple(f"did you mean '{n}'?" for n in did_you_mean("image", images)) or (
+        ("similarity search runs on a dataset's image column; see README",)
+    )
+
+
+def lower_near(lw: _Lowering, node: A.Near, scope: Scope | None) -> A.Expr:
+    if node.operand is not None:
+        info = lw.operand_info(node.operand, scope)
+        if info is not None and not _is_image(info):
+            raise PopQLError(
+                (
+                    Diagnostic(
+                        "T002",
+                        f"NEAR needs an image column, but '{info.name}' is {info.type}",
+                        node.operand.span,
+                        hints=_image_hint(scope),
+                    ),
+                )
+            )
+    raise not_available(node)
+
+
+def lower_similarity_score(lw: _Lowering, node: A.SimilarityScore, scope: Scope | None) -> A.Expr:
+    raise not_available(node)
+
+
+EXPR_LOWERINGS: dict[type, Callable[[_Lowering, Any, Scope | None], A.Expr]] = {
+    A.Tagged: lower_tagged,
+    A.ListQuantifier: lower_list_quantifier,
+    A.SimilarTo: lower_similar_to,
+    A.Near: lower_near,
+    A.SimilarityScore: lower_similarity_score,
+}
+
+
+def udf_name(prefix: str, key: str) -> str:
+    return f"{prefix}_{hashlib.sha1(key.encode()).hexdigest()[:12]}"

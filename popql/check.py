@@ -1,0 +1,154 @@
+"""Typed AST → checked AST: name scopes and the types that decide what PopQL constructs mean.
+
+The checker does not re-implement DataFusion's name resolution for plain SQL (DataFusion stays the
+authority there, and its errors are turned into diagnostics by the engine).  It resolves what PopQL
+itself must know before lowering:
+
+* the operand of ``x SIMILAR TO ...``: a text column keeps SQL's pattern match, an image column
+  means similarity search;
+* the operands of tag predicates (``TAGGED``, ``COUNT(list WHERE ...)``), which must be lists.
+
+Column types come from a :class:`Catalog` as Arrow type strings (``str(pyarrow.DataType)``), so the
+front end needs neither pyarrow nor DataFusion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from popql import ast as A
+
+
+class Catalog(Protocol):
+    def table_names(self) -> list[str]: ...
+
+    def columns(self, table: str) -> list[tuple[str, str]] | None: ...
+
+    def function_names(self) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class ColumnInfo:
+    table: str
+    name: str
+    type: str  # Arrow type string, e.g. "int64", "list<item: string>"
+    kind: str | None = None  # "image" for image columns
+
+
+IMAGE_COLUMN_NAMES = frozenset({"image"})
+DEFAULT_LABEL_COLUMNS = ("labels", "tags")
+
+
+def is_text_type(t: str) -> bool:
+    return t in ("string", "large_string", "string_view", "utf8", "large_utf8", "utf8_view")
+
+
+def is_list_type(t: str) -> bool:
+    return t.startswith(("list<", "large_list<", "fixed_size_list<", "list_view<"))
+
+
+def list_item_type(t: str) -> str:
+    inner = t[t.index("<") + 1 : t.rindex(">")]
+    if inner.startswith("item: "):
+        inner = inner[len("item: ") :]
+    # fixed_size_list<item: float>[4]
+    return inner.split(" not null")[0]
+
+
+def is_image_column(info: ColumnInfo) -> bool:
+    return info.kind == "image" or info.name.lower() in IMAGE_COLUMN_NAMES
+
+
+class Scope:
+    """The tables visible in one SELECT, for resolving the operands PopQL needs to type."""
+
+    def __init__(self, catalog: Catalog | None, parent: Scope | None = None) -> None:
+        self.catalog = catalog
+        self.parent = parent
+        self.tables: list[tuple[str | None, str]] = []  # (qualifier, table name)
+        self.opaque = False  # a FROM item whose columns are unknown (subquery, function)
+
+    @classmethod
+    def for_select(cls, select: A.Select, catalog: Catalog | None, parent: Scope | None) -> Scope:
+        scope = cls(catalog, parent)
+        for item in select.from_:
+            scope._add(item)
+        return scope
+
+    @classmethod
+    def for_table(cls, table: tuple[A.Identifier, ...], catalog: Catalog | None) -> Scope:
+        scope = cls(catalog)
+        scope.tables.append((_norm(table[-1]), ".".join(_norm(p) for p in table)))
+        return scope
+
+    def _add(self, item: A.TableRef) -> None:
+        if isinstance(item, A.TableName):
+            name = ".".join(_norm(p) for p in item.name)
+            qualifier = _norm(item.alias.name) if item.alias else _norm(item.name[-1])
+            self.tables.append((qualifier, name))
+        elif isinstance(item, A.Join):
+            self._add(item.left)
+            self._add(item.right)
+        elif isinstance(item, A.ParenTable):
+            self._add(item.table)
+        else:
+            self.opaque = True
+
+    def columns_of(self, table: str) -> list[tuple[str, str]] | None:
+        if self.catalog is None:
+            return None
+        try:
+            return self.catalog.columns(table)
+        except Exception:
+            return None
+
+    def kind_of(self, table: str, column: str) -> str | None:
+        kind_fn = getattr(self.catalog, "column_kind", None)
+        if kind_fn is None:
+            return None
+        try:
+            result = kind_fn(table, column)
+        except Exception:
+            return None
+        return result if isinstance(result, str) else None
+
+    def resolve(self, column: A.Column) -> ColumnInfo | None:
+        parts = [_norm(p) for p in column.parts]
+        name = parts[-1]
+        qualifier = parts[-2] if len(parts) >= 2 else None
+        for q, table in self.tables:
+            if qualifier is not None and qualifier != q:
+                continue
+            cols = self.columns_of(table)
+            if not cols:
+                continue
+            for col_name, col_type in cols:
+                if col_name == name:
+                    return ColumnInfo(table, col_name, col_type, self.kind_of(table, col_name))
+        if self.parent is not None:
+            return self.parent.resolve(column)
+        return None
+
+    def all_columns(self) -> list[ColumnInfo]:
+        out = []
+        for _, table in self.tables:
+            for col_name, col_type in self.columns_of(table) or []:
+                out.append(ColumnInfo(table, col_name, col_type, self.kind_of(table, col_name)))
+        return out
+
+    def default_column(self, predicate: str) -> list[ColumnInfo]:
+        """Columns that a bare form (``TAGGED 'x'``, ``SIMILAR TO 'x'``) could stand for."""
+        cols = self.all_columns()
+        if predicate == "labels":
+            return [
+                c
+                for c in cols
+                if c.name.lower() in DEFAULT_LABEL_COLUMNS and is_list_type(c.type)
+            ]
+        return [c for c in cols if is_image_column(c)]
+
+
+def _norm(ident: A.Identifier) -> str:
+    """DataFusion's identifier normalisation: unquoted names are lower-cased."""
+    return ident.value if ident.quote else ident.value.lower()
