@@ -300,6 +300,15 @@ def _cut(text: str, max_width: int | None) -> str:
     return text
 
 
+def _column_cells(column: pa.ChunkedArray, max_width: int | None) -> list[str]:
+    # float16/float32 values widen to Python floats with spurious digits (0.023 becomes
+    # 0.023000000044703484); Arrow's own cast to text prints the shortest exact form.
+    if pa.types.is_float16(column.type) or pa.types.is_float32(column.type):
+        texts = column.cast(pa.string()).to_pylist()
+        return [_cut("NULL" if t is None else t, max_width) for t in texts]
+    return [format_value(v, max_width) for v in column.to_pylist()]
+
+
 def format_value(value: Any, max_width: int | None = MAX_CELL_WIDTH, nested: bool = False) -> str:
     """One cell as text: ``NULL``, ``true``, ISO dates, ``[1, 2]``, ``{k: v}``..."""
     if value is None:
@@ -367,9 +376,7 @@ def format_table(
     total = table.num_rows
     head = table if max_rows is None or total <= max_rows else table.slice(0, max_rows)
     fields: Sequence[pa.Field] = list(table.schema)
-    columns = [
-        [format_value(v, max_width) for v in head.column(i).to_pylist()] for i in range(len(fields))
-    ]
+    columns = [_column_cells(head.column(i), max_width) for i in range(len(fields))]
     names = [_cut(f.name, max_width) for f in fields]
     types = [str(f.type) for f in fields]
     widths = []

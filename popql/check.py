@@ -14,6 +14,7 @@ front end needs neither pyarrow nor DataFusion.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -50,8 +51,8 @@ def is_list_type(t: str) -> bool:
 
 def list_item_type(t: str) -> str:
     inner = t[t.index("<") + 1 : t.rindex(">")]
-    if inner.startswith("item: "):
-        inner = inner[len("item: ") :]
+    # Arrow names the child field "item" (pyarrow) or "element" (Parquet): drop "<name>: ".
+    inner = re.sub(r"^[A-Za-z_][A-Za-z0-9_]*: ", "", inner)
     # fixed_size_list<item: float>[4]
     return inner.split(" not null")[0]
 
