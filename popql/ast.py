@@ -329,6 +329,12 @@ class AliasedArg(Expr):
 
 
 @dataclass(frozen=True)
+class Lambda(Expr):
+    param: Identifier
+    body: Expr
+
+
+@dataclass(frozen=True)
 class QualifiedStar(Expr):
     qualifier: tuple[Identifier, ...]
 

@@ -294,6 +294,9 @@ class Printer:
     def _AliasedArg(self, n: A.AliasedArg) -> str:
         return f"{self.expr(n.value)} AS {self.node(n.alias)}"
 
+    def _Lambda(self, n: A.Lambda) -> str:
+        return f"{self._Identifier(n.param)} -> {self.expr(n.body)}"
+
     def _QualifiedStar(self, n: A.QualifiedStar) -> str:
         return f"{self.name(n.qualifier)}.*"
 

@@ -939,6 +939,10 @@ class _Builder(Transformer):
         return A.NamedArg(c[0], c[1])
 
     @_handler
+    def lambda_arg(self, c: list[Any]) -> A.Lambda:
+        return A.Lambda(A.Identifier(str(c[0])), c[1])
+
+    @_handler
     def qualified_star(self, c: list[Any]) -> A.QualifiedStar:
         return A.QualifiedStar(c[0].parts)
 

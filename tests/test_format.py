@@ -229,7 +229,7 @@ def test_no_orphan_goldens() -> None:
 
 
 def test_dump_ast_omits_spans_and_defaults() -> None:
-    script = parse("SELECT a FROM t WHERE b TAGGED 'x'")
+    script = parse("SELECT a FROM t WHERE b TAGGED 'x'")  # mode='ONE' is the default
     assert dump_ast(script) == (
         "Script\n"
         "  statements[0]=Query\n"
@@ -239,7 +239,7 @@ def test_dump_ast_omits_spans_and_defaults() -> None:
         "          parts[0]=Identifier value='a'\n"
         "      from_[0]=TableName\n"
         "        name[0]=Identifier value='t'\n"
-        "      where=Tagged mode='ONE'\n"
+        "      where=Tagged\n"
         "        operand=Column\n"
         "          parts[0]=Identifier value='b'\n"
         "        labels[0]=String value='x'\n"
