@@ -33,6 +33,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -126,7 +127,7 @@ class Timing:
     statements: int
     lower_errors: int
     internal_errors: int
-    df_ok: bool
+    df_status: str  # "ok", "refused" (planned; DDL/DML/SET stopped before running) or "error"
 
     @property
     def front_ms(self) -> float:
@@ -258,6 +259,9 @@ def _plan_only_options() -> Any:
     return SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)
 
 
+_REFUSED = re.compile(r"\b(DDL|DML|Statement) not supported: ")
+
+
 def time_item(item: Item, session: Any, repeat: int, options: Any) -> Timing:
     from popql import syntax
     from popql.diagnostics import PopQLError
@@ -270,7 +274,7 @@ def time_item(item: Item, session: Any, repeat: int, options: Any) -> Timing:
     script = None
     parsed = False
     lower_errors = internal_errors = 0
-    df_ok = False
+    df_status = "error"
     for _ in range(repeat):
         # parse
         t0 = _now()
@@ -296,11 +300,11 @@ def time_item(item: Item, session: Any, repeat: int, options: Any) -> Timing:
         # DataFusion's planning of the same text (the baseline)
         try:
             ctx.sql_with_options(text, options)
-            ok = True
-        except Exception:
-            ok = False
+            status = "ok"
+        except Exception as exc:
+            status = "refused" if _REFUSED.search(str(exc)) else "error"
         t3 = _now()
-        lower_errors, internal_errors, df_ok = errors, internal, ok
+        lower_errors, internal_errors, df_status = errors, internal, status
         p, c, d = t1 - t0, t2 - t1, t3 - t2
         best_parse = p if best_parse is None else min(best_parse, p)
         best_compile = c if best_compile is None else min(best_compile, c)
@@ -315,7 +319,7 @@ def time_item(item: Item, session: Any, repeat: int, options: Any) -> Timing:
         statements=len(script.statements) if script is not None else 0,
         lower_errors=lower_errors,
         internal_errors=internal_errors,
-        df_ok=df_ok,
+        df_status=df_status,
     )
 
 
@@ -378,7 +382,9 @@ def run_frontend(args: argparse.Namespace) -> dict[str, Any]:
         f"PopQL parse failures: {sum(not t.parsed for t in timings)}; "
         f"statements refused by check/lower (PopQLError): {sum(t.lower_errors for t in timings)}; "
         f"other exceptions in compile_statement: {sum(t.internal_errors for t in timings)}; "
-        f"DataFusion planning errors: {sum(not t.df_ok for t in timings)}"
+        f"DataFusion: {sum(t.df_status == 'ok' for t in timings)} planned, "
+        f"{sum(t.df_status == 'refused' for t in timings)} planned then stopped before running "
+        f"(DDL/DML/SET), {sum(t.df_status == 'error' for t in timings)} errors"
     )
 
     summary: dict[str, Any] = {"one_time": one.__dict__, "groups": {}}

@@ -448,8 +448,16 @@ def _is_boolean(oracle: Callable[[dict[str, Any]], Any]) -> bool:
     )
 
 
-# The boolean cases also run as WHERE filters.
-WHERE_CASES = [(expr, oracle) for expr, oracle in CASES if _is_boolean(oracle)]
+def _over_one(oracle: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], Any]:
+    return lambda r: cmp(oracle(r), ">", 1)
+
+
+# The boolean cases also run as WHERE filters, and each count as `COUNT(...) > 1`.
+WHERE_CASES = [(expr, oracle) for expr, oracle in CASES if _is_boolean(oracle)] + [
+    (f"{expr} > 1", _over_one(oracle))
+    for expr, oracle in CASES
+    if expr.upper().startswith("COUNT(") and not _is_boolean(oracle)
+]
 
 
 def _id(case: tuple[str, Any]) -> str:
@@ -471,7 +479,7 @@ def test_filter_matches_python(session: Session, rows: list[dict], case) -> None
 
 def test_where_cases_are_most_cases() -> None:
     assert len(CASES) >= 70
-    assert len(WHERE_CASES) >= 55
+    assert len(WHERE_CASES) >= 65
 
 
 # Known bugs in the list-predicate UDF (engine/listpred.py), each with a failing input.
