@@ -339,7 +339,11 @@ def run_frontend(args: argparse.Namespace) -> dict[str, Any]:
     ]
     if one.cold_build_ms is not None:
         rows.append(
-            ["Lark LALR build, cache=False", fmt_ms(one.cold_build_ms), "what a cold first run pays"]
+            [
+                "Lark LALR build, cache=False",
+                fmt_ms(one.cold_build_ms),
+                "what a cold first run pays",
+            ]
         )
     print_table(["step", "ms", "note"], rows, right=[1])
     print(f"(Lark cache files live in {one.lark_cache_dir}/.lark_cache_*.tmp)")
@@ -364,10 +368,8 @@ def run_frontend(args: argparse.Namespace) -> dict[str, Any]:
             timings.append(time_item(item, session, args.repeat, options))
             if item.apply:
                 # Untimed: let later statements of the file see the tables it creates.
-                try:
+                with contextlib.suppress(Exception):
                     session.ctx.sql(item.sql).collect()
-                except Exception:
-                    pass
         elapsed = time.perf_counter() - started
 
     n_files = len({(i.source, i.file) for i in items})
@@ -611,7 +613,7 @@ E2E_QUERIES: list[E2EQuery] = [
         " GROUP BY num_faces ORDER BY num_faces",
     ),
     E2EQuery(
-        "rows_15k",
+        "filter_rows",
         "SELECT sample_id, brightness, labels FROM samples"
         " WHERE num_people > 6 AND weather IN ('rainy', 'snowy') AND labels TAGGED 'person'"
         " ORDER BY sample_id",
@@ -637,6 +639,9 @@ class E2EResult:
     front_ms: float = 0.0
     rows: int = 0
     same: bool = True
+    same_plan: bool = True
+    plan_overhead_ms: float = 0.0
+    control_ms: float | None = None  # A/A: plain DataFusion against a second plain context
 
     @property
     def df_ms(self) -> float:
@@ -679,12 +684,17 @@ class E2EResult:
 
 
 def make_contexts(path: Path) -> tuple[Any, Any]:
-    import datafusion
-
     import popql.engine as pe
 
     session = pe.connect()
     session.register("samples", path)
+    return session, plain_context(path)
+
+
+def plain_context(path: Path) -> Any:
+    """A plain DataFusion context configured like popql's Session, reading the same file."""
+    import datafusion
+
     config = (
         datafusion.SessionConfig()
         .with_information_schema(True)
@@ -692,7 +702,35 @@ def make_contexts(path: Path) -> tuple[Any, Any]:
     )
     ctx = datafusion.SessionContext(config)
     ctx.register_parquet("samples", str(path.resolve()), file_extension=".parquet")
-    return session, ctx
+    return ctx
+
+
+PLAN_RUNS = 30
+
+
+def interleave(
+    first: Callable[[], Any], second: Callable[[], Any], runs: int, *, collect: bool
+) -> tuple[list[float], list[float]]:
+    """Time ``first`` and ``second`` ``runs`` times each, alternating which goes first (ms)."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for i in range(runs):
+        order = [(0, first), (1, second)]
+        if i % 2:
+            order.reverse()
+        for slot, fn in order:
+            if collect:
+                gc.collect()
+            t0 = _now()
+            fn()
+            times[slot].append(_ms(_now() - t0))
+    return times
+
+
+def _explain(ctx: Any, sql: str) -> list[Any]:
+    try:
+        return ctx.sql("EXPLAIN " + sql).to_arrow_table().column(1).to_pylist()
+    except Exception as exc:
+        return [f"error: {exc}"]
 
 
 def _values(table: Any) -> list[list[Any]]:
@@ -710,6 +748,7 @@ def run_e2e(args: argparse.Namespace) -> dict[str, Any]:
     from popql.engine.lower import compile_statement
 
     session, ctx = make_contexts(path)
+    control = plain_context(path) if args.control else None
     popql_tp = session.ctx.sql("SHOW datafusion.execution.target_partitions").to_arrow_table()
     plain_tp = ctx.sql("SHOW datafusion.execution.target_partitions").to_arrow_table()
     tp_popql = popql_tp.column(1)[0].as_py()
@@ -729,19 +768,27 @@ def run_e2e(args: argparse.Namespace) -> dict[str, Any]:
         res = E2EResult(q)
         # Front-end cost of this query alone (parse + check + lower), min of 20.
         best = None
+        lowered = ""
         for _ in range(20):
             t0 = _now()
             for stmt in syntax.parse(q.popql).statements:
-                compile_statement(stmt, session.catalog)
+                lowered = compile_statement(stmt, session.catalog).sql
             dt = _now() - t0
             best = dt if best is None else min(best, dt)
         res.front_ms = _ms(best or 0)
+        res.same_plan = _explain(session.ctx, lowered) == _explain(ctx, q.sql)
 
         def run_df(q: E2EQuery = q) -> Any:
             return ctx.sql(q.sql).to_arrow_table()
 
         def run_popql(q: E2EQuery = q) -> Any:
             return session.sql(q.popql).to_arrow()
+
+        def plan_df(q: E2EQuery = q) -> Any:
+            return ctx.sql(q.sql)
+
+        def plan_popql(q: E2EQuery = q) -> Any:
+            return session.sql(q.popql)  # a lazy Result: planned, not run
 
         a = b = None
         for _ in range(args.warmup):
@@ -750,20 +797,22 @@ def run_e2e(args: argparse.Namespace) -> dict[str, Any]:
         assert a is not None and b is not None
         res.rows = a.num_rows
         res.same = a.num_rows == b.num_rows and _values(a) == _values(b)
-        for i in range(args.runs):
-            order: list[tuple[str, Callable[[], Any]]] = [("df", run_df), ("popql", run_popql)]
-            if i % 2:
-                order.reverse()
-            for who, fn in order:
-                gc.collect()
-                t0 = _now()
-                fn()
-                dt = _ms(_now() - t0)
-                (res.df_runs if who == "df" else res.popql_runs).append(dt)
+        res.df_runs, res.popql_runs = interleave(run_df, run_popql, args.runs, collect=True)
+        plan_d, plan_p = interleave(plan_df, plan_popql, PLAN_RUNS, collect=False)
+        if control is not None:
+
+            def run_control(q: E2EQuery = q) -> Any:
+                return control.sql(q.sql).to_arrow_table()
+
+            run_control()
+            c_d, c_c = interleave(run_df, run_control, args.runs, collect=True)
+            res.control_ms = statistics.median(c_c) - statistics.median(c_d)
+        res.plan_overhead_ms = statistics.median(plan_p) - statistics.median(plan_d)
         results.append(res)
         print(
             f"  {q.name:<22} DataFusion {fmt_ms(res.df_ms):>7} ms   PopQL {fmt_ms(res.popql_ms):>7}"
-            f" ms   overhead {res.overhead_ms:+.2f} ms",
+            f" ms   overhead {res.overhead_ms:+.2f} ms   planning overhead "
+            f"{res.plan_overhead_ms:+.2f} ms",
             flush=True,
         )
 
@@ -779,10 +828,11 @@ def run_e2e(args: argparse.Namespace) -> dict[str, Any]:
                 fmt_ms(r.popql_ms),
                 f"{r.overhead_ms:+.2f}",
                 f"{r.overhead_pct:+.1f}%",
-                f"{r.paired_ms:+.2f}",
                 fmt_ms(r.noise_ms),
+                f"{r.plan_overhead_ms:+.2f}",
                 fmt_ms(r.front_ms),
-                "yes" if r.same else "NO",
+                *([f"{r.control_ms:+.2f}"] if r.control_ms is not None else []),
+                ("yes" if r.same_plan else "NO") + "/" + ("yes" if r.same else "NO"),
                 verdict,
             ]
         )
@@ -794,19 +844,27 @@ def run_e2e(args: argparse.Namespace) -> dict[str, Any]:
             "PopQL ms",
             "overhead ms",
             "overhead %",
-            "paired ms",
             "noise ms",
+            "plan ovh ms",
             "front end ms",
-            "same rows",
+            *(["A/A ms"] if control is not None else []),
+            "same plan/rows",
             "target",
         ],
         rows,
-        right=range(1, 9),
+        right=range(1, 10 if control is not None else 9),
     )
     print(
-        "(overhead = median PopQL - median DataFusion; paired = median of run-by-run "
-        "differences; noise = median absolute deviation of the DataFusion runs; front end = "
-        "parse + check + lower of the query alone, min of 20)"
+        f"(overhead = median PopQL - median DataFusion, end to end; noise = median absolute "
+        f"deviation of the DataFusion runs; plan ovh = median of {PLAN_RUNS} Session.sql(q) "
+        f"(planned, not run) - median of {PLAN_RUNS} ctx.sql(sql); front end = parse + check + "
+        "lower of the query alone, min of 20; same plan = identical EXPLAIN output"
+        + (
+            "; A/A = the same overhead measured between two plain DataFusion contexts, "
+            "i.e. what noise alone shows)"
+            if control is not None
+            else ")"
+        )
     )
 
     worst_ms = max(results, key=lambda r: r.overhead_ms)
@@ -833,6 +891,14 @@ def run_e2e(args: argparse.Namespace) -> dict[str, Any]:
         )
     if not all(r.same for r in results):
         print("WARNING: PopQL and DataFusion returned different rows for some queries")
+    if not all(r.same_plan for r in results):
+        print("WARNING: PopQL's lowered SQL and the plain SQL plan differently for some queries")
+    worst_plan = max(results, key=lambda r: r.plan_overhead_ms)
+    print(
+        f"planning overhead (Session.sql vs ctx.sql, no execution): worst "
+        f"{worst_plan.plan_overhead_ms:+.2f} ms ({worst_plan.query.name}), median "
+        f"{statistics.median(r.plan_overhead_ms for r in results):+.2f} ms"
+    )
 
     if args.profile:
         profile_e2e(session, selected, args.profile)
@@ -844,6 +910,7 @@ def run_e2e(args: argparse.Namespace) -> dict[str, Any]:
         "target_ms": target_ms,
         "target_pct": target_pct,
         "worst_ms": (worst_ms.query.name, worst_ms.overhead_ms),
+        "worst_plan_ms": (worst_plan.query.name, worst_plan.plan_overhead_ms),
         "worst_pct": (worst_pct.query.name, worst_pct.overhead_pct) if worst_pct else None,
         "n_slow": len(slow),
         "queries": [
@@ -856,6 +923,9 @@ def run_e2e(args: argparse.Namespace) -> dict[str, Any]:
                 "overhead_pct": r.overhead_pct,
                 "paired_ms": r.paired_ms,
                 "noise_ms": r.noise_ms,
+                "plan_overhead_ms": r.plan_overhead_ms,
+                "control_ms": r.control_ms,
+                "same_plan": r.same_plan,
                 "front_ms": r.front_ms,
                 "same": r.same,
                 "df_runs": r.df_runs,
@@ -947,15 +1017,19 @@ def print_summary(front: dict[str, Any], e2e: dict[str, Any], command: str) -> N
         )
         print()
     if e2e:
+        aa = any(q["control_ms"] is not None for q in e2e["queries"])
         print(
             f"| query ({e2e['rows']:,} rows, target_partitions {e2e['target_partitions']}) | "
-            "DataFusion ms | PopQL ms | overhead ms | overhead % |"
+            "DataFusion ms | PopQL ms | overhead ms | overhead % | noise ms | "
+            "planning overhead ms |" + (" A/A ms |" if aa else "")
         )
-        print("|---|---:|---:|---:|---:|")
+        print("|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if aa else ""))
         for q in e2e["queries"]:
+            control = f" {q['control_ms']:+.2f} |" if q["control_ms"] is not None else ""
             print(
                 f"| {q['name']} | {fmt_ms(q['df_ms'])} | {fmt_ms(q['popql_ms'])} | "
-                f"{q['overhead_ms']:+.2f} | {q['overhead_pct']:+.1f} % |"
+                f"{q['overhead_ms']:+.2f} | {q['overhead_pct']:+.1f} % | "
+                f"{fmt_ms(q['noise_ms'])} | {q['plan_overhead_ms']:+.2f} |" + control
             )
         print()
         wname, wms = e2e["worst_ms"]
@@ -972,6 +1046,11 @@ def print_summary(front: dict[str, Any], e2e: dict[str, Any], command: str) -> N
             )
         else:
             print(f"No query took over {SLOW_QUERY_MS:g} ms.")
+        pname, pms = e2e["worst_plan_ms"]
+        print(
+            f"Planning overhead alone (no execution, {PLAN_RUNS} runs): "
+            f"worst {pms:+.2f} ms ({pname})."
+        )
 
 
 # ================================================================================================
@@ -979,27 +1058,67 @@ def print_summary(front: dict[str, Any], e2e: dict[str, Any], command: str) -> N
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--rows", type=lambda s: int(s.replace("_", "")), default=None,
-                   help="rows of the generated tags table (default 10_000_000; --quick: 1_000_000)")
-    p.add_argument("--quick", action="store_true",
-                   help="1M rows, 5 runs, 1 repetition per front-end statement")
+    p.add_argument(
+        "--rows",
+        type=lambda s: int(s.replace("_", "")),
+        default=None,
+        help="rows of the generated tags table (default 10_000_000; --quick: 1_000_000)",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="1M rows, 5 runs, 1 repetition per front-end statement"
+    )
     p.add_argument("--only", choices=("frontend", "e2e"), help="run one part only")
-    p.add_argument("--repeat", type=int, default=None,
-                   help="front end: repetitions per statement, the minimum is kept (default 3)")
-    p.add_argument("--runs", type=int, default=None,
-                   help="end to end: timed runs per query and engine (default 7)")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="front end: repetitions per statement, the minimum is kept (default 3)",
+    )
+    p.add_argument(
+        "--runs",
+        type=int,
+        default=None,
+        help="end to end: timed runs per query and engine (default 7)",
+    )
     p.add_argument("--warmup", type=int, default=2, help="end to end: warm-up runs (default 2)")
     p.add_argument("--queries", nargs="*", help="end to end: only these query names")
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
-                   help=f"where the Parquet table is written (default {DEFAULT_DATA_DIR})")
-    p.add_argument("--conformance", type=Path, default=DEFAULT_CONFORMANCE,
-                   help=f"conformance folder (default {DEFAULT_CONFORMANCE})")
-    p.add_argument("--no-cold-build", action="store_true",
-                   help="skip timing a Lark table build without the on-disk cache (~5 s)")
-    p.add_argument("--show-slowest", type=int, default=0, metavar="N",
-                   help="front end: list the N statements with the slowest front end")
-    p.add_argument("--profile", type=int, default=0, metavar="N",
-                   help="end to end: cProfile PopQL's path over every query N times")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        help=f"where the Parquet table is written (default {DEFAULT_DATA_DIR})",
+    )
+    p.add_argument(
+        "--conformance",
+        type=Path,
+        default=DEFAULT_CONFORMANCE,
+        help=f"conformance folder (default {DEFAULT_CONFORMANCE})",
+    )
+    p.add_argument(
+        "--no-cold-build",
+        action="store_true",
+        help="skip timing a Lark table build without the on-disk cache (~5 s)",
+    )
+    p.add_argument(
+        "--show-slowest",
+        type=int,
+        default=0,
+        metavar="N",
+        help="front end: list the N statements with the slowest front end",
+    )
+    p.add_argument(
+        "--control",
+        action="store_true",
+        help="end to end: also time plain DataFusion against a second plain context "
+        "(an A/A run: the 'overhead' that noise alone produces)",
+    )
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="end to end: cProfile PopQL's path over every query N times",
+    )
     p.add_argument("--json", type=Path, help="also write the raw figures to this JSON file")
     args = p.parse_args(argv)
     if args.rows is None:

@@ -67,7 +67,7 @@ def _check_fields(node: A.Expr, fields: list[str]) -> None:
                             "N002",
                             f"unknown field '{shown}' in the list's elements",
                             sub.span,
-                            hints=hints + (f"the elements have fields {', '.join(fields)}",),
+                            hints=(*hints, f"the elements have fields {', '.join(fields)}"),
                         ),
                     )
                 )
@@ -102,7 +102,9 @@ def evaluate(node: A.Expr, batch: pa.RecordBatch) -> Any:
         return pc.invert(result) if node.negated else result
     if isinstance(node, A.InList):
         values = [evaluate(i, batch) for i in node.items]
-        result = pc.is_in(evaluate(node.operand, batch), value_set=pa.array([v.as_py() for v in values]))
+        result = pc.is_in(
+            evaluate(node.operand, batch), value_set=pa.array([v.as_py() for v in values])
+        )
         return pc.invert(result) if node.negated else result
     if isinstance(node, A.Like) and node.escape is None:
         pattern = evaluate(node.pattern, batch).as_py()
@@ -115,13 +117,22 @@ def evaluate(node: A.Expr, batch: pa.RecordBatch) -> Any:
 
 def _validate(node: A.Expr) -> None:
     """Reject unsupported constructs at planning time rather than at execution."""
-    empty = pa.RecordBatch.from_pylist([])
-    del empty
     for sub in node.walk():
         if isinstance(sub, A.Expr) and not isinstance(
             sub,
-            (A.Column, A.Number, A.String, A.Boolean, A.Unary, A.Binary, A.Not, A.IsTest,
-             A.Between, A.InList, A.Like),
+            (
+                A.Column,
+                A.Number,
+                A.String,
+                A.Boolean,
+                A.Unary,
+                A.Binary,
+                A.Not,
+                A.IsTest,
+                A.Between,
+                A.InList,
+                A.Like,
+            ),
         ):
             raise _unsupported(sub)
         if isinstance(sub, A.Binary) and sub.op not in _COMPARE:
@@ -133,7 +144,7 @@ def count_matches(lists: pa.Array, predicate: A.Expr) -> pa.Array:
         lists = lists.combine_chunks()
     offsets = np.asarray(lists.offsets)
     values = lists.values
-    if lists.offset or len(offsets) and offsets[0]:
+    if lists.offset or (len(offsets) and offsets[0]):
         pass  # offsets are absolute into values; the arithmetic below uses them as they are
     if len(values):
         batch = pa.RecordBatch.from_struct_array(values)

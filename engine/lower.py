@@ -18,6 +18,7 @@ PopQL                                  DataFusion SQL
 ``ANY(dets WHERE p)``                  ``popql_count_<hash>(dets) > 0``
 ``ALL(dets WHERE p)``                  ``popql_count_<hash>(dets) = cardinality(dets)``
 ``text_col SIMILAR TO 'pat'``          unchanged: SQL's regular-expression match
+``FROM t AS OF VERSION 3``             ``FROM "t@v3" AS t`` (the dataset snapshot, registered)
 ``image SIMILAR TO 'text' ...``,       diagnostic X001 (executed by the similarity-search
 ``NEAR ...``, ``SIMILARITY(...)``      release), pointing at the construct
 populations and testing statements     diagnostic X001
@@ -177,7 +178,11 @@ class _Lowering:
         candidates = scope.default_column(kind) if scope is not None else []
         if len(candidates) == 1:
             return candidates[0]
-        what = "a list-of-labels column named labels or tags" if kind == "labels" else "an image column"
+        what = (
+            "a list-of-labels column named labels or tags"
+            if kind == "labels"
+            else "an image column"
+        )
         if not candidates:
             raise PopQLError(
                 (
@@ -221,7 +226,9 @@ def lower_tagged(lw: _Lowering, node: A.Tagged, scope: Scope | None) -> A.Expr:
     else:
         operand = node.operand
         info = lw.operand_info(operand, scope)  # type: ignore[assignment]
-    if info is not None and not (is_list_type(info.type) and is_text_type(list_item_type(info.type))):
+    if info is not None and not (
+        is_list_type(info.type) and is_text_type(list_item_type(info.type))
+    ):
         raise PopQLError(
             (
                 Diagnostic(
@@ -349,7 +356,32 @@ def lower_similarity_score(lw: _Lowering, node: A.SimilarityScore, scope: Scope 
     raise not_available(node)
 
 
-EXPR_LOWERINGS: dict[type, Callable[[_Lowering, Any, Scope | None], A.Expr]] = {
+def lower_table_name(lw: _Lowering, node: A.TableName, scope: Scope | None) -> A.TableRef:
+    """``FROM samples AS OF VERSION 3``: the catalog registers that snapshot under a new name."""
+    if node.version is None:
+        return node
+    resolve = getattr(lw.catalog, "versioned_table", None)
+    if resolve is None:
+        raise PopQLError(
+            (
+                Diagnostic(
+                    "X002",
+                    "AS OF VERSION needs a dataset opened with popql.connect(DIR)",
+                    node.span,
+                ),
+            )
+        )
+    name = resolve(".".join(p.value for p in node.name), int(node.version), node.span)
+    return A.TableName((A.Identifier(name, quote='"'),), node.alias or _default_alias(node))
+
+
+def _default_alias(node: A.TableName) -> A.TableAlias:
+    # Keep `samples.col` references working after the rename.
+    return A.TableAlias(node.name[-1])
+
+
+EXPR_LOWERINGS: dict[type, Callable[[_Lowering, Any, Scope | None], Any]] = {
+    A.TableName: lower_table_name,
     A.Tagged: lower_tagged,
     A.ListQuantifier: lower_list_quantifier,
     A.SimilarTo: lower_similar_to,

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["PopQLError", "__version__", "connect", "format_script", "parse"]
+__all__ = ["PopQLError", "Session", "__version__", "connect", "format_script", "parse"]
 
 if TYPE_CHECKING:
     from popql.diagnostics import PopQLError

@@ -550,6 +550,7 @@ class TableAlias(Node):
 class TableName(TableRef):
     name: tuple[Identifier, ...]
     alias: TableAlias | None = None
+    version: str | None = None  # AS OF VERSION n
 
 
 @dataclass(frozen=True)

@@ -143,9 +143,7 @@ class Scope:
         cols = self.all_columns()
         if predicate == "labels":
             return [
-                c
-                for c in cols
-                if c.name.lower() in DEFAULT_LABEL_COLUMNS and is_list_type(c.type)
+                c for c in cols if c.name.lower() in DEFAULT_LABEL_COLUMNS and is_list_type(c.type)
             ]
         return [c for c in cols if is_image_column(c)]
 

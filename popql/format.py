@@ -74,10 +74,12 @@ class Printer:
     def expr(self, node: A.Node, min_level: int = 0) -> str:
         text = self.node(node)
         level = self.level(node)
-        if level < min_level or (self.conservative and min_level > 0 and level < ATOM):
-            if not (self.conservative and level >= POSTFIX and min_level <= POSTFIX):
-                return f"({text})"
-        return text
+        needs_parens = level < min_level or (
+            # SQL mode: parenthesise every nested operator so DataFusion's own precedence
+            # cannot regroup it; postfix forms (x::t, x[i]) bind tighter than any operator.
+            self.conservative and min_level > 0 and level < POSTFIX
+        )
+        return f"({text})" if needs_parens else text
 
     def level(self, node: A.Node) -> int:
         if isinstance(node, A.Binary):
@@ -88,7 +90,16 @@ class Printer:
             return IS
         if isinstance(
             node,
-            (A.Like, A.RegexMatch, A.InList, A.InSubquery, A.Between, A.SimilarTo, A.Near, A.Tagged),
+            (
+                A.Like,
+                A.RegexMatch,
+                A.InList,
+                A.InSubquery,
+                A.Between,
+                A.SimilarTo,
+                A.Near,
+                A.Tagged,
+            ),
         ):
             return LIKE
         if isinstance(node, A.QuantifiedComparison):
@@ -498,8 +509,10 @@ class Printer:
             parts.append("ORDER BY " + self.join(n.order_by))
         if n.order_by_all is not None:
             parts.append("ORDER BY " + self._OrderItem(n.order_by_all))
-        limit = "LIMIT ALL" if n.limit_all else (
-            f"LIMIT {self.expr(n.limit)}" if n.limit is not None else None
+        limit = (
+            "LIMIT ALL"
+            if n.limit_all
+            else (f"LIMIT {self.expr(n.limit)}" if n.limit is not None else None)
         )
         offset = f"OFFSET {self.expr(n.offset)}" if n.offset is not None else None
         ordered = [offset, limit] if n.offset_first else [limit, offset]
@@ -552,7 +565,8 @@ class Printer:
         return self._TableAlias(a) if a is not None else ""
 
     def _TableName(self, n: A.TableName) -> str:
-        return self.name(n.name) + self.alias(n.alias)
+        version = f" AS OF VERSION {n.version}" if n.version is not None else ""
+        return self.name(n.name) + version + self.alias(n.alias)
 
     def _DerivedTable(self, n: A.DerivedTable) -> str:
         lateral = "LATERAL " if n.lateral else ""
@@ -747,8 +761,10 @@ class Printer:
     def _Insert(self, n: A.Insert) -> str:
         table = " TABLE" if n.table_keyword else ""
         cols = f" ({self.join(n.columns)})" if n.columns else ""
-        src = self.node(n.source) if isinstance(n.source, A.DefaultValues) else self.query_inline(
-            n.source
+        src = (
+            self.node(n.source)
+            if isinstance(n.source, A.DefaultValues)
+            else self.query_inline(n.source)
         )
         return f"INSERT {n.mode}{table} {self.name(n.table)}{cols} {src}"
 
@@ -879,7 +895,9 @@ class Printer:
         )
 
     def _Expect(self, n: A.Expect) -> str:
-        out = f"EXPECT {self._Metric(n.metric)} {n.op} {n.value} ON {self._Identifier(n.population)}"
+        out = (
+            f"EXPECT {self._Metric(n.metric)} {n.op} {n.value} ON {self._Identifier(n.population)}"
+        )
         if n.model is not None:
             out += f" FOR MODEL {self._ModelRef(n.model)}"
         if n.min_support is not None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import importlib.resources
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import LarkError, VisitError
@@ -146,6 +146,7 @@ def _string(tok: Token) -> A.String:
 
 
 _Handler = Callable[..., Any]
+_N = TypeVar("_N", bound=A.Node)
 
 
 def _handler(fn: _Handler) -> _Handler:
@@ -304,7 +305,7 @@ class _Builder(Transformer):
     def _text(self, meta: Meta) -> str:
         return self.text[meta.start_pos : meta.end_pos] if not meta.empty else ""
 
-    def _stamp(self, meta: Meta, node: A.Node) -> A.Node:
+    def _stamp(self, meta: Meta, node: _N) -> _N:
         object.__setattr__(node, "span", _span(meta, self.text))
         return node
 
@@ -398,11 +399,9 @@ class _Builder(Transformer):
         return self._limit(c, offset_first=True)
 
     def _limit(self, c: list[Any], offset_first: bool) -> _Clause:
-        values = [x for x in c if isinstance(x, (A.Node, _Clause))]
-        if offset_first:
-            offset, limit = values[0], (values[1] if len(values) > 1 else None)
-        else:
-            limit, offset = values[0], (values[1] if len(values) > 1 else None)
+        values: list[Any] = [x for x in c if isinstance(x, (A.Node, _Clause))]
+        values.append(None)
+        limit, offset = (values[1], values[0]) if offset_first else (values[0], values[1])
         out: dict[str, Any] = {"offset": offset, "offset_first": offset_first}
         if isinstance(limit, _Clause):
             out["limit_all"] = True
@@ -455,7 +454,13 @@ class _Builder(Transformer):
 
     @_handler
     def table_name(self, c: list[Any]) -> A.TableName:
-        return A.TableName(c[0].value, c[1] if len(c) > 1 else None)
+        alias = next((x for x in c if isinstance(x, A.TableAlias)), None)
+        version = next((x.value for x in c[1:] if isinstance(x, _Clause)), None)
+        return A.TableName(c[0].value, alias, version)
+
+    @_handler
+    def as_of_version(self, c: list[Any]) -> _Clause:
+        return _Clause("version", str(c[0]))
 
     @_handler
     def derived_table(self, c: list[Any]) -> A.DerivedTable:
@@ -563,7 +568,9 @@ class _Builder(Transformer):
     @_handler
     def similar_to(self, c: list[Any]) -> A.SimilarTo:
         rhs = c[-1]
-        return A.SimilarTo(c[0], rhs["target"], _tok(c, "NOT") is not None, rhs["escape"], rhs["options"])
+        return A.SimilarTo(
+            c[0], rhs["target"], _tok(c, "NOT") is not None, rhs["escape"], rhs["options"]
+        )
 
     @_handler
     def similar_to_bare(self, c: list[Any]) -> A.SimilarTo:
@@ -670,7 +677,9 @@ class _Builder(Transformer):
     @_handler
     def between(self, c: list[Any]) -> A.Between:
         n = _nodes(c)
-        return A.Between(n[0], n[1], n[2], _tok(c, "NOT") is not None, _tok(c, "SYMMETRIC") is not None)
+        return A.Between(
+            n[0], n[1], n[2], _tok(c, "NOT") is not None, _tok(c, "SYMMETRIC") is not None
+        )
 
     @_handler
     def compare(self, c: list[Any]) -> A.Binary:
@@ -822,8 +831,8 @@ class _Builder(Transformer):
     def similarity_score(self, c: list[Any]) -> A.SimilarityScore:
         cl = _clauses(c)
         nodes = [x for x in c if isinstance(x, A.Node)]
-        target = nodes[-1]
-        operand = nodes[0] if len(nodes) > 1 else None
+        target = cast(A.String | A.NearExample, nodes[-1])
+        operand = cast(A.Expr, nodes[0]) if len(nodes) > 1 else None
         return A.SimilarityScore(operand, target, cl.get("using", ()))
 
     @_handler
@@ -1116,11 +1125,13 @@ class _Builder(Transformer):
         tz = next((x.value for x in cl if x.kind == "time_zone"), None)
         arrays = tuple(x.value for x in cl if x.kind == "array")
         quoted = [x for x in c if isinstance(x, A.Identifier) and x.quote]
-        name = " ".join(
-            (f'"{w.value}"' if w.quote else w.value)
-            for w in c
-            if isinstance(w, A.Identifier)
-        ) if quoted else " ".join(words)
+        name = (
+            " ".join(
+                (f'"{w.value}"' if w.quote else w.value) for w in c if isinstance(w, A.Identifier)
+            )
+            if quoted
+            else " ".join(words)
+        )
         return A.DataType(name, args, tz, arrays)
 
     @_handler
@@ -1249,7 +1260,7 @@ class _Builder(Transformer):
     @_handler
     def column_constraint(self, c: list[Any]) -> A.ColumnConstraint:
         words = _upper_words(c)
-        value = next((x for x in c if isinstance(x, A.Node)), None)
+        value = next((x for x in c if isinstance(x, A.Expr)), None)
         return A.ColumnConstraint(words, value)
 
     @_handler
@@ -1378,7 +1389,9 @@ class _Builder(Transformer):
         cl = _clauses(c)
         source = next(x for x in c if isinstance(x, (A.Query, A.DefaultValues)))
         table_kw = self._text(meta).upper().split()[2:3] == ["TABLE"]
-        node = A.Insert(cl["name"], source, cl.get("columns", ()), cl["mode"], table_keyword=table_kw)
+        node = A.Insert(
+            cl["name"], source, cl.get("columns", ()), cl["mode"], table_keyword=table_kw
+        )
         return self._stamp(meta, node)  # type: ignore[return-value]
 
     @_handler
@@ -1407,7 +1420,9 @@ class _Builder(Transformer):
     @_handler
     def delete_stmt(self, c: list[Any]) -> A.Delete:
         cl = _clauses(c)
-        return A.Delete(cl["name"], next((x for x in c if isinstance(x, A.TableAlias)), None), cl.get("where"))
+        return A.Delete(
+            cl["name"], next((x for x in c if isinstance(x, A.TableAlias)), None), cl.get("where")
+        )
 
     @_handler
     def set_stmt(self, c: list[Any]) -> A.SetVariable:

@@ -4,7 +4,8 @@
   ``to_sql`` of every statement of every file in ``tests/corpus/queries``;
 * the identity corpus ``tests/corpus/fmt``: files already in canonical form print unchanged;
 * golden files ``tests/corpus/golden/<name>.ast.txt`` (an AST dump) and ``<name>.sql.txt``
-  (``to_sql`` of each statement), rewritten with ``POPQL_UPDATE_GOLDEN=1 pytest tests/test_format.py``;
+  (``to_sql`` of each statement), rewritten with
+  ``POPQL_UPDATE_GOLDEN=1 pytest tests/test_format.py``;
 * the doctests of popql.ast, popql.syntax and popql.format.
 """
 
@@ -222,9 +223,7 @@ def test_golden_sql(path: Path, scripts: dict[str, A.Script], update_golden: boo
 
 def test_no_orphan_goldens() -> None:
     stems = {p.stem for p in QUERIES}
-    orphans = sorted(
-        p.name for p in GOLDEN.glob("*.txt") if p.name.split(".", 1)[0] not in stems
-    )
+    orphans = sorted(p.name for p in GOLDEN.glob("*.txt") if p.name.split(".", 1)[0] not in stems)
     assert not orphans, f"golden files without a corpus query: {orphans}"
 
 

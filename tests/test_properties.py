@@ -38,9 +38,9 @@ COMPARISONS = ("=", "==", "<>", "!=", "<", "<=", ">", ">=", "<=>")
 BINARY_OPS = tuple(sorted(BINARY_LEVEL)) + COMPARISONS
 
 _NAMES = ("a", "b", "c", "x1", "col_name", "uri", "score", "weather", "_hidden", "t2")
-_QUOTED_ALPHABET = st.characters(
-    codec="utf-8", exclude_categories=("Cs", "Cc")
-) | st.sampled_from(['"', " ", "\n"])
+_QUOTED_ALPHABET = st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")) | st.sampled_from(
+    ['"', " ", "\n"]
+)
 
 plain_identifiers = st.one_of(
     st.sampled_from(_NAMES),
@@ -109,9 +109,7 @@ def _extend(children: st.SearchStrategy[A.Expr]) -> st.SearchStrategy[A.Expr]:
             st.none() | children,
         ),
         st.builds(A.Cast, children, types, st.sampled_from(["CAST", "TRY_CAST", "::"])),
-        st.builds(
-            A.FunctionCall, function_names, st.lists(children, max_size=3).map(tuple)
-        ),
+        st.builds(A.FunctionCall, function_names, st.lists(children, max_size=3).map(tuple)),
         st.builds(
             A.Case,
             st.none() | children,
@@ -206,14 +204,17 @@ def test_random_sql_like_text_only_raises_popql_errors(text: str) -> None:
 
 
 _TOKEN = re.compile(r"\s+|\w+|'[^']*'|\"[^\"]*\"|.", re.S)
+# fmt: off
 _INSERTS = [
     "'", '"', "(", ")", ",", ";", "*", "[", "]", "{", "}", ":", "::", "$", "`", "\n", " ",
-    "€", "\u2018", "\u00a0", "/*", "--", "*/", "0", "1.5", "x",
+    "\u20ac", "\u2018", "\u00a0", "/*", "--", "*/", "0", "1.5", "x",
     " SELECT ", " FROM ", " WHERE ", " AND ", " OR ", " NOT ", " AS ", " ON ", " BY ", " END ",
     " CASE ", " WHEN ", " TAGGED ", " SIMILAR TO ", " NEAR ", " TOP ", " THRESHOLD ", " EXACT ",
     " USING ", " COUNT(", " ANY(", " ALL ", " IMAGE ", " SAMPLE ", " POPULATION ", " WITH ",
     " UNION ", " JOIN ", " IN ", " IS ", " NULL ", " LIKE ", " BETWEEN ", " CAST(", " INTERVAL ",
+    " -> ", " => ",
 ]
+# fmt: on
 
 
 @st.composite

@@ -32,7 +32,11 @@ def make(n: int = 240, seed: int = 7) -> pa.Table:
         outdoor = weather is not None
         dets = []
         for _ in range(rng.choice([0, 1, 2, 3, 5, 8])):
-            label = "person" if rng.random() < 0.45 else rng.choice(OBJECTS if outdoor else ["chair", "dog"])
+            label = (
+                "person"
+                if rng.random() < 0.45
+                else rng.choice(OBJECTS if outdoor else ["chair", "dog"])
+            )
             x, y = rng.random() * 0.8, rng.random() * 0.8
             dets.append(
                 {
@@ -45,9 +49,15 @@ def make(n: int = 240, seed: int = 7) -> pa.Table:
         labels = [scene, "outdoor" if outdoor else "indoor"]
         if weather == "night":
             labels.append("night")
-        road = round(rng.uniform(0.2, 0.6), 3) if scene in ("street", "highway") else round(rng.uniform(0, 0.08), 3)
+        road = (
+            round(rng.uniform(0.2, 0.6), 3)
+            if scene in ("street", "highway")
+            else round(rng.uniform(0, 0.08), 3)
+        )
         ocean = round(rng.uniform(0.5, 0.9), 3) if scene == "beach" else 0.0
-        brightness = round(rng.uniform(0.02, 0.25) if weather == "night" else rng.uniform(0.3, 0.95), 3)
+        brightness = round(
+            rng.uniform(0.02, 0.25) if weather == "night" else rng.uniform(0.3, 0.95), 3
+        )
         rows.append(
             {
                 "sample_id": f"s{i:04d}",
@@ -58,7 +68,9 @@ def make(n: int = 240, seed: int = 7) -> pa.Table:
                 "num_people": people,
                 "brightness": brightness,
                 "weather": weather,
-                "time_of_day": "night" if weather == "night" else rng.choice(["morning", "afternoon", "evening"]),
+                "time_of_day": "night"
+                if weather == "night"
+                else rng.choice(["morning", "afternoon", "evening"]),
                 "road_pct": road,
                 "ocean_pct": ocean,
                 "is_blurry": rng.random() < 0.1,
