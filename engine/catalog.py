@@ -97,6 +97,15 @@ class DataFusionCatalog:
 
     # -- extras -------------------------------------------------------------------------------
 
+    def query_columns(self, sql: str) -> list[tuple[str, pa.DataType]]:
+        """Output columns of a query, planned by DataFusion without running it (for typing
+        derived tables and CTEs)."""
+        schema = self._ctx.sql(sql).schema()
+        return [(f.name, f.type) for f in schema]
+
+    def register_udf(self, udf: object) -> None:
+        self._ctx.register_udf(udf)
+
     def has_table(self, table: str) -> bool:
         return self.resolve(table) is not None
 

@@ -557,8 +557,28 @@ def translate_message(
             file=file,
         )
 
-    # -- anything else ----------------------------------------------------------------------
+    # -- values of the wrong type (a failed cast or no common type) ------------------------
     headline = _headline(message)
+    if _TYPE_MISMATCH.search(text):
+        literal = re.search(r"Cannot cast string '([^']*)'", text)
+        found = None
+        if literal:
+            stmt = source[statement[0] : statement[1]]
+            at = stmt.find(f"'{literal.group(1)}'")
+            found = (at, at + len(literal.group(1)) + 2) if at >= 0 else None
+        span = _span(source, statement, found)
+        return Diagnostic(
+            "T001",
+            f"type mismatch: {headline}",
+            span=span,
+            hints=(
+                "compare values of the same type, or convert one with CAST(... AS ...)",
+                *_details(message, headline),
+            ),
+            file=file,
+        )
+
+    # -- anything else ----------------------------------------------------------------------
     return Diagnostic(
         "E001",
         headline,
@@ -566,6 +586,13 @@ def translate_message(
         hints=_details(message, headline),
         file=file,
     )
+
+
+_TYPE_MISMATCH = re.compile(
+    r"Cannot cast string|Cannot cast value|Cast error: Cannot cast|Cannot coerce|"
+    r"There isn't a common type|Cannot infer common (argument )?type|"
+    r"Cannot automatically convert"
+)
 
 
 def repr_name(name: str) -> str:

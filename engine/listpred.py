@@ -38,12 +38,27 @@ _COMPARE: dict[str, Callable[..., Any]] = {
 }
 
 
+def _describe(node: A.Node) -> str:
+    from popql.format import format_node
+
+    if isinstance(node, A.Binary):
+        return f"the operator {node.op}"
+    if isinstance(node, A.IsTest):
+        return f"IS {'NOT ' if node.negated else ''}{node.test}"
+    if isinstance(node, A.Like) and node.escape is not None:
+        return "LIKE ... ESCAPE"
+    if isinstance(node, A.String):
+        return "a prefixed string literal"
+    text = format_node(node)
+    return f"'{text if len(text) < 40 else text[:37] + '...'}'"
+
+
 def _unsupported(node: A.Node) -> PopQLError:
     return PopQLError(
         (
             Diagnostic(
                 "X002",
-                f"{type(node).__name__} is not supported inside COUNT/ANY/ALL(... WHERE ...)",
+                f"{_describe(node)} is not supported inside COUNT/ANY/ALL(... WHERE ...)",
                 node.span,
                 hints=(
                     "use field comparisons (=, <>, <, >, BETWEEN, IN, LIKE, IS NULL)"
@@ -102,10 +117,12 @@ def evaluate(node: A.Expr, batch: pa.RecordBatch) -> Any:
         return pc.invert(result) if node.negated else result
     if isinstance(node, A.InList):
         values = [evaluate(i, batch) for i in node.items]
-        result = pc.is_in(
-            evaluate(node.operand, batch), value_set=pa.array([v.as_py() for v in values])
-        )
-        return pc.invert(result) if node.negated else result
+        operand = evaluate(node.operand, batch)
+        result = pc.is_in(operand, value_set=pa.array([v.as_py() for v in values]))
+        if node.negated:
+            result = pc.invert(result)
+        # SQL: a NULL operand gives NULL (is_in says False), so NOT IN must not count it.
+        return pc.if_else(pc.is_valid(operand), result, pa.scalar(None, pa.bool_()))
     if isinstance(node, A.Like) and node.escape is None:
         pattern = evaluate(node.pattern, batch).as_py()
         result = pc.match_like(
@@ -115,28 +132,51 @@ def evaluate(node: A.Expr, batch: pa.RecordBatch) -> Any:
     raise _unsupported(node)
 
 
-def _validate(node: A.Expr) -> None:
-    """Reject unsupported constructs at planning time rather than at execution."""
+def _validate(node: A.Expr, item_type: pa.StructType) -> None:
+    """Reject unsupported forms and type errors at planning time, not at execution."""
     for sub in node.walk():
-        if isinstance(sub, A.Expr) and not isinstance(
-            sub,
+        supported = isinstance(sub, (A.Column, A.Number, A.Boolean, A.Not, A.Between, A.InList))
+        supported = supported or isinstance(sub, A.Identifier)
+        supported = supported or (isinstance(sub, A.String) and not sub.prefix)
+        supported = supported or (isinstance(sub, A.Unary) and sub.op == "-")
+        supported = supported or (isinstance(sub, A.Binary) and sub.op in _COMPARE)
+        supported = supported or (isinstance(sub, A.IsTest) and sub.test == "NULL")
+        supported = supported or (isinstance(sub, A.Like) and sub.escape is None)
+        if not supported:
+            raise _unsupported(sub)
+    # Evaluate once over an empty batch of the element type: Arrow's kernels type-check there.
+    empty = pa.RecordBatch.from_struct_array(pa.array([], type=item_type))
+    try:
+        result = evaluate(node, empty)
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise PopQLError(
             (
-                A.Column,
-                A.Number,
-                A.String,
-                A.Boolean,
-                A.Unary,
-                A.Binary,
-                A.Not,
-                A.IsTest,
-                A.Between,
-                A.InList,
-                A.Like,
-            ),
-        ):
-            raise _unsupported(sub)
-        if isinstance(sub, A.Binary) and sub.op not in _COMPARE:
-            raise _unsupported(sub)
+                Diagnostic(
+                    "T001",
+                    "type mismatch in the list predicate: " + str(exc).split("\n")[0],
+                    node.span,
+                    hints=("compare each field with a value of its type", _fields_hint(item_type)),
+                ),
+            )
+        ) from None
+    result_type = getattr(result, "type", None)
+    if result_type != pa.bool_():
+        raise PopQLError(
+            (
+                Diagnostic(
+                    "T001",
+                    "the WHERE of a list quantifier must be a condition (boolean),"
+                    f" not {result_type}",
+                    node.span,
+                    hints=("for example: label = 'person' AND score > 0.5",),
+                ),
+            )
+        )
+
+
+def _fields_hint(item_type: pa.StructType) -> str:
+    fields = ", ".join(f"{f.name} {f.type}" for f in item_type)
+    return f"the elements have fields: {fields}"
 
 
 def count_matches(lists: pa.Array, predicate: A.Expr) -> pa.Array:
@@ -167,7 +207,7 @@ def make_count_udf(predicate: A.Expr, list_type: pa.DataType) -> tuple[Any, str]
     item = list_type.value_type
     fields = [item.field(i).name for i in range(item.num_fields)]
     _check_fields(predicate, fields)
-    _validate(predicate)
+    _validate(predicate, item)
     name = udf_name("popql_count", f"{to_sql(predicate)}|{list_type}")
 
     def count(lists: pa.Array) -> pa.Array:

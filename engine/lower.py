@@ -36,7 +36,7 @@ from typing import Any
 from popql import ast as A
 from popql.check import Catalog, ColumnInfo, Scope, is_list_type, is_text_type, list_item_type
 from popql.diagnostics import Diagnostic, PopQLError, did_you_mean
-from popql.format import to_sql
+from popql.format import format_node, to_sql
 
 
 @dataclass(frozen=True)
@@ -132,6 +132,7 @@ class _Lowering:
     def __init__(self, catalog: Catalog | None) -> None:
         self.catalog = catalog
         self.udfs: dict[str, Any] = {}
+        self.ctes: dict[str, str] = {}  # CTE name -> SQL that selects from it (for typing)
 
     def statement(self, stmt: A.Statement) -> A.Statement:
         scope: Scope | None = None
@@ -146,24 +147,81 @@ class _Lowering:
             return tuple(self.visit(x, scope) for x in node)
         if not isinstance(node, A.Node):
             return node
+        if isinstance(node, A.Query):
+            return self.visit_query(node, scope)
         if isinstance(node, A.Select):
-            scope = Scope.for_select(node, self.catalog, scope)
+            scope = Scope.for_select(node, self.catalog, scope, self.ctes, self.sql_of)
+        original = node
+        node = self.visit_fields(node, scope)
+        if isinstance(node, A.SelectItem) and isinstance(original, A.SelectItem):
+            return self.name_select_item(original, node)
+        rewrite = EXPR_LOWERINGS.get(type(node))
+        if rewrite is not None:
+            return rewrite(self, node, scope)
+        return node
+
+    def visit_fields(self, node: A.Node, scope: Scope | None, skip: tuple[str, ...] = ()) -> Any:
         changes = {}
         for f in dataclasses.fields(node):
-            if f.name == "span":
+            if f.name == "span" or f.name in skip:
                 continue
             old = getattr(node, f.name)
             new = self.visit(old, scope)
             if new is not old:
                 changes[f.name] = new
-        if changes:
-            span = node.span
-            node = dataclasses.replace(node, **changes)
-            object.__setattr__(node, "span", span)
-        rewrite = EXPR_LOWERINGS.get(type(node))
-        if rewrite is not None:
-            return rewrite(self, node, scope)
+        if not changes:
+            return node
+        span = node.span
+        node = dataclasses.replace(node, **changes)
+        object.__setattr__(node, "span", span)
         return node
+
+    def visit_query(self, query: A.Query, scope: Scope | None) -> A.Query:
+        # WITH first (its CTEs type the body's FROM items), then the body, then ORDER BY /
+        # LIMIT in the body's scope (query-level ORDER BY sees the SELECT's columns).
+        saved = dict(self.ctes)
+        with_ = query.with_
+        if with_ is not None:
+            new_ctes = []
+            for cte in with_.ctes:
+                new_cte = self.visit_fields(cte, scope)
+                new_ctes.append(new_cte)
+                prefix = A.With(tuple(new_ctes), with_.recursive)
+                self.ctes[_norm_ident(cte.name)] = to_sql(
+                    A.Query(A.Select((A.Star(),), from_=(A.TableName((cte.name,)),)), prefix)
+                )
+            with_ = dataclasses.replace(with_, ctes=tuple(new_ctes))
+            object.__setattr__(with_, "span", query.with_.span if query.with_ else None)
+        body = self.visit(query.body, scope)
+        inner = scope
+        if isinstance(query.body, A.Select):
+            inner = Scope.for_select(query.body, self.catalog, scope, self.ctes, self.sql_of)
+        out = self.visit_fields(query, inner, skip=("body", "with_"))
+        out = dataclasses.replace(out, body=body, with_=with_)
+        object.__setattr__(out, "span", query.span)
+        self.ctes = saved
+        return out
+
+    def sql_of(self, query: A.Query) -> str:
+        """DataFusion SQL of a (sub)query, for typing derived tables; CTEs in scope included."""
+        lowered = _Lowering(self.catalog)
+        lowered.ctes = dict(self.ctes)
+        sql = to_sql(lowered.visit(query, None))
+        for name, udf in lowered.udfs.items():
+            self.udfs[name] = udf
+        return sql
+
+    def name_select_item(self, original: A.SelectItem, item: A.SelectItem) -> A.SelectItem:
+        """An unaliased PopQL expression keeps its PopQL text as the column name (not the
+        name of the UDF it lowered to)."""
+        if item.alias is not None or item is original:
+            return item
+        if not any(isinstance(n, (A.ListQuantifier, A.Tagged)) for n in original.expr.walk()):
+            return item
+        alias = A.Identifier(format_node(original.expr), quote='"')
+        renamed = A.SelectItem(item.expr, alias)
+        object.__setattr__(renamed, "span", item.span)
+        return renamed
 
     # --- operand typing ------------------------------------------------------------------------
 
@@ -205,6 +263,10 @@ class _Lowering:
                 ),
             )
         )
+
+
+def _norm_ident(ident: A.Identifier) -> str:
+    return ident.value if ident.quote else ident.value.lower()
 
 
 def _ident(name: str) -> tuple[A.Identifier, ...]:
@@ -276,9 +338,12 @@ def lower_list_quantifier(lw: _Lowering, node: A.ListQuantifier, scope: Scope | 
                 ),
             )
         )
-    arrow_type = _arrow_type(lw.catalog, info)
+    arrow_type = info.arrow_type if info.arrow_type is not None else _arrow_type(lw.catalog, info)
     udf, name = make_count_udf(node.predicate, arrow_type)
     lw.udfs[name] = udf
+    register = getattr(lw.catalog, "register_udf", None)
+    if register is not None:
+        register(udf)  # now, so that typing an enclosing derived table can plan it
     count = _call(name, node.operand)
     if node.func == "COUNT":
         return count
@@ -303,6 +368,19 @@ def lower_similar_to(lw: _Lowering, node: A.SimilarTo, scope: Scope | None) -> A
     info = lw.operand_info(node.operand, scope)
     if info is not None and is_text_type(info.type) and not has_options:
         return node  # SQL's SIMILAR TO: a regular-expression match, kept as it is
+    if info is not None and is_text_type(info.type):
+        raise PopQLError(
+            (
+                Diagnostic(
+                    "T002",
+                    f"'{info.name}' is a text column: SIMILAR TO on it is a pattern match, and"
+                    " USING / TOP / THRESHOLD / EXACT only apply to similarity search on an"
+                    " image column",
+                    node.span,
+                    hints=_image_hint(scope),
+                ),
+            )
+        )
     if info is not None and not _is_image(info):
         raise PopQLError(
             (

@@ -21,8 +21,8 @@ gave), F001/F002/F003 for data files, and I001 (a bug) for any unexpected Python
 
 Datasets
 --------
-``connect(path)`` opens (and creates, if missing) a *dataset directory*. For now the layout
-is just::
+``connect(path)`` opens a *dataset directory*. Every Parquet file or folder of Parquet files in
+``<path>/tables/`` is a table named after it::
 
     <path>/
       tables/
@@ -30,9 +30,28 @@ is just::
         labels/               -> table "labels" (every *.parquet file below it, hive-style
           part-0.parquet         partition folders such as year=2024/ included)
 
-Names starting with ``.`` or ``_`` are ignored. Tables created with SQL DDL in a dataset
-session live in memory only; nothing is written back to the directory (later versions define
-a fuller layout: populations, models, predictions).
+Names starting with ``.`` or ``_`` are ignored. A directory without ``manifest.json`` is created
+(with ``tables/``) when missing.
+
+A directory with ``manifest.json`` is a *versioned dataset* (:mod:`popql.engine.dataset`,
+written by ``popql ingest``). The session reads one snapshot -- the current version, or
+``connect(path, version=N)`` -- and registers, without reading any data (lazily scanned
+``pyarrow.dataset`` tables):
+
+* ``samples``: a view, the samples table LEFT JOINed on ``sample_id`` with each tagger's
+  table (a column whose name is taken already is prefixed ``<tagger>_``) plus
+  ``embedding_<key>`` per embedder; ``Session.describe('samples')`` says which tagger and
+  version produced each column;
+* ``"data.samples"``: the samples table alone;
+* every table of the snapshot under its own name: ``"tags.<tagger>@<version>"`` (so older
+  tagger versions stay queryable), ``"embeddings.<key>"``, ``ingest_errors`` (empty when the
+  dataset has none), ``labels``...;
+* the files in ``tables/`` as above.
+
+The session keeps that version until :meth:`Session.refresh` moves it to the latest one;
+:meth:`Session.at_version` opens another session on an older version (time travel; the
+grammar's ``FROM samples AS OF VERSION n`` will map to it). Tables created with SQL DDL live in
+memory only; nothing is written back to the directory.
 """
 
 from __future__ import annotations
@@ -48,7 +67,15 @@ import pyarrow as pa
 
 from popql.diagnostics import Diagnostic, PopQLError, did_you_mean_hint, internal_error
 
-from .catalog import DataFusionCatalog
+from .catalog import DataFusionCatalog, arrow_type_name
+from .dataset import (
+    INGEST_ERRORS_SCHEMA,
+    SAMPLES_SCHEMA,
+    Dataset,
+    Snapshot,
+    is_dataset,
+    samples_view_columns,
+)
 from .errors import clean_message, message_of, translate_file_error, translate_message
 from .result import Result
 
@@ -76,15 +103,30 @@ _FORMATS: dict[str, str] = {
 }
 
 TABLES_DIR = "tables"
+#: The registered name of a versioned dataset's samples table (``samples`` is the view).
+SAMPLES_TABLE = "data.samples"
+
+_DESCRIBE_SCHEMA = pa.schema(
+    [
+        ("column", pa.string()),
+        ("type", pa.string()),
+        ("source", pa.string()),
+        ("tagger", pa.string()),
+        ("tagger_version", pa.string()),
+    ]
+)
 
 
-def connect(path: str | os.PathLike[str] | None = None) -> Session:
+def connect(path: str | os.PathLike[str] | None = None, version: int | None = None) -> Session:
     """Open a session: in memory when ``path`` is None, else on a dataset directory.
 
-    The directory (and its ``tables/`` folder) is created when missing; every Parquet file or
-    folder of Parquet files in ``tables/`` is registered as a table named after it.
+    A directory with ``manifest.json`` is a versioned dataset, opened at its current version or
+    at ``version`` (D006 when that version does not exist); see the module docstring for the
+    tables it registers. Otherwise the directory (and its ``tables/`` folder) is created when
+    missing, and every Parquet file or folder of Parquet files in ``tables/`` is registered as
+    a table named after it.
     """
-    return Session(path)
+    return Session(path, version=version)
 
 
 def quote_identifier(name: str) -> str:
@@ -143,6 +185,9 @@ class Session:
             ``os.cpu_count()``). Using it directly is fine; PopQL reads its catalog live.
         catalog: a :class:`DataFusionCatalog` over ``ctx`` (what the checker sees).
         path: the dataset directory, or None for an in-memory session.
+        dataset: the :class:`~popql.engine.dataset.Dataset` when ``path`` is a versioned
+            dataset (has ``manifest.json``), else None.
+        snapshot: the :class:`~popql.engine.dataset.Snapshot` the session reads, or None.
     """
 
     def __init__(
@@ -150,6 +195,7 @@ class Session:
         path: str | os.PathLike[str] | None = None,
         *,
         config: datafusion.SessionConfig | None = None,
+        version: int | None = None,
     ) -> None:
         if config is None:
             config = (
@@ -157,16 +203,92 @@ class Session:
                 .with_information_schema(True)
                 .with_target_partitions(max(1, os.cpu_count() or 1))
             )
+        self._config = config
         self.ctx: datafusion.SessionContext = datafusion.SessionContext(config)
         self.catalog: DataFusionCatalog = DataFusionCatalog(self.ctx)
         self.path: Path | None = None
+        self.dataset: Dataset | None = None
+        self.snapshot: Snapshot | None = None
+        # names registered from the directory -> describe() rows (column -> source info)
+        self._from_dir: dict[str, dict[str, tuple[str, str | None, str | None]]] = {}
         if path is not None:
             self.path = Path(path)
-            self._open_dataset(self.path)
+            self._open_dataset(self.path, version)
+        elif version is not None:
+            raise PopQLError(Diagnostic("D006", "an in-memory session has no dataset versions"))
 
     def __repr__(self) -> str:
         where = "memory" if self.path is None else str(self.path)
+        if self.snapshot is not None:
+            where += f" @ version {self.snapshot.version}"
         return f"<popql.Session {where}: {len(self.tables())} table(s)>"
+
+    # -- dataset versions -----------------------------------------------------------------------
+
+    @property
+    def version(self) -> int | None:
+        """The dataset version this session reads (None: not a versioned dataset)."""
+        return None if self.snapshot is None else self.snapshot.version
+
+    def refresh(self) -> int | None:
+        """Move to the dataset's latest committed version; returns it.
+
+        Re-registers the directory's tables (``samples``, tag tables, ``tables/``...) when
+        the version changed (or, without a manifest, rescans ``tables/``); tables added with
+        :meth:`register` or SQL under other names are kept. A session created with
+        ``version=N`` is moved to the latest version too. In-memory sessions: None.
+        """
+        if self.path is None:
+            return None
+        if self.dataset is not None and is_dataset(self.path):
+            latest = self.dataset.version()
+            if self.snapshot is not None and latest == self.snapshot.version:
+                return latest
+        self._close_dataset()
+        self._open_dataset(self.path, None)
+        return self.version
+
+    def at_version(self, version: int) -> Session:
+        """A new session on the same dataset at ``version`` (time travel).
+
+        ``session.at_version(3).sql("SELECT count(*) FROM samples")`` is what the grammar will
+        spell ``FROM samples AS OF VERSION 3``. D006 when the version does not exist (or was
+        removed by vacuum). Tables registered on this session are not carried over.
+        """
+        if self.path is None or self.dataset is None:
+            raise PopQLError(
+                Diagnostic(
+                    "D006",
+                    "this session has no dataset versions"
+                    + ("" if self.path is None else f": {self.path} has no manifest.json"),
+                )
+            )
+        return Session(self.path, config=self._config, version=version)
+
+    def describe(self, name: str) -> pa.Table:
+        """The columns of table ``name``: ``column``, ``type`` (Arrow type, as the checker
+        sees it), ``source`` (the dataset table a column comes from: ``samples``,
+        ``tags.<tagger>@<version>``, ``embeddings.<key>``...; ``table`` for tables that are
+        not part of a dataset), ``tagger`` and ``tagger_version`` (null unless a tagger
+        produced the column). N001 for an unknown table.
+        """
+        schema = self.schema(name)
+        info = self._from_dir.get(name) or self._from_dir.get(name.lower()) or {}
+        rows: dict[str, list[Any]] = {
+            "column": [],
+            "type": [],
+            "source": [],
+            "tagger": [],
+            "tagger_version": [],
+        }
+        for f in schema:
+            source, tagger, tagger_version = info.get(f.name, ("table", None, None))
+            rows["column"].append(f.name)
+            rows["type"].append(arrow_type_name(f.type))
+            rows["source"].append(source)
+            rows["tagger"].append(tagger)
+            rows["tagger_version"].append(tagger_version)
+        return pa.table(rows, schema=_DESCRIBE_SCHEMA)
 
     # -- running text -------------------------------------------------------------------------
 
@@ -360,13 +482,109 @@ class Session:
         except Exception as exc:
             raise PopQLError(translate_file_error(message_of(exc), shown)) from exc
 
-    def _open_dataset(self, root: Path) -> None:
+    def _open_dataset(self, root: Path, version: int | None) -> None:
         shown = os.fspath(root)
         if root.exists() and not root.is_dir():
             raise PopQLError(
                 Diagnostic("F001", f"not a dataset directory: {shown} is a file"),
             )
+        if is_dataset(root):
+            self._open_versioned(root, version)
+            return
+        if version is not None:
+            raise PopQLError(
+                Diagnostic(
+                    "D006",
+                    f"{shown} is not a versioned dataset (no manifest.json): "
+                    f"it has no version {version}",
+                    hints=("datasets get versions when `popql ingest` writes to them",),
+                )
+            )
+        self._register_tables_dir(root, create=True, taken=set())
+
+    def _open_versioned(self, root: Path, version: int | None) -> None:
+        """Register one snapshot of the versioned dataset at ``root`` (nothing is read)."""
+        dataset = Dataset.open(root)
+        snapshot = dataset.snapshot(version)
+        taggers_by_table: dict[str, tuple[str | None, str | None]] = {}
+        for tagger, meta in snapshot.taggers.items():
+            meta = meta if isinstance(meta, dict) else {}
+            v = meta.get("version")
+            table = meta.get("table") or f"tags.{tagger}@{v}"
+            taggers_by_table[str(table)] = (tagger, None if v is None else str(v))
+        names: dict[str, str] = {}  # registered name -> snapshot table
+        for table in snapshot.table_names():
+            names[SAMPLES_TABLE if table == "samples" else table] = table
+        empty = {SAMPLES_TABLE: SAMPLES_SCHEMA, "ingest_errors": INGEST_ERRORS_SCHEMA}
+        try:
+            for reg, table in names.items():
+                self._replace(reg)
+                self.ctx.register_dataset(quote_identifier(reg), snapshot.dataset(table))
+                producer = taggers_by_table.get(table, (None, None))
+                source = "samples" if table == "samples" else table
+                self._from_dir[reg] = {f.name: (source, *producer) for f in snapshot.schema(table)}
+            for reg, schema in empty.items():
+                if reg not in names:
+                    self._register_arrow(reg, schema.empty_table())
+                    self._from_dir[reg] = {f.name: (reg.split(".")[-1], None, None) for f in schema}
+            self._register_samples_view(snapshot)
+        except PopQLError:
+            self._close_dataset()
+            raise
+        except Exception as exc:
+            self._close_dataset()
+            raise PopQLError(
+                Diagnostic(
+                    "E001",
+                    f"cannot open version {snapshot.version} of dataset {root}: "
+                    f"{clean_message(message_of(exc))}",
+                )
+            ) from exc
+        self.dataset = dataset
+        self.snapshot = snapshot
+        taken = {n.lower() for n in self._from_dir}
+        self._register_tables_dir(root, create=False, taken=taken)
+
+    def _register_samples_view(self, snapshot: Snapshot) -> None:
+        columns = samples_view_columns(snapshot)
+        aliases: dict[str, str] = {"samples": "s"}
+        for col in columns:
+            if col.table not in aliases:
+                aliases[col.table] = f"t{len(aliases)}"
+        select = ", ".join(
+            f"{aliases[c.table]}.{quote_identifier(c.column)} AS {quote_identifier(c.name)}"
+            for c in columns
+        )
+        joins = "".join(
+            f" LEFT JOIN {quote_identifier(table)} AS {alias} ON {alias}.sample_id = s.sample_id"
+            for table, alias in aliases.items()
+            if table != "samples"
+        )
+        sql = f"SELECT {select} FROM {quote_identifier(SAMPLES_TABLE)} AS s{joins}"
+        self._replace("samples")
+        self.ctx.register_view(quote_identifier("samples"), self.ctx.sql(sql))
+        self._from_dir["samples"] = {
+            c.name: (
+                "samples" if c.table == "samples" else c.table,
+                c.tagger,
+                c.tagger_version,
+            )
+            for c in columns
+        }
+
+    def _close_dataset(self) -> None:
+        """Deregister every table registered from the directory."""
+        for name in list(self._from_dir):
+            self.ctx.deregister_table(quote_identifier(name))
+        self._from_dir.clear()
+        self.dataset = None
+        self.snapshot = None
+
+    def _register_tables_dir(self, root: Path, *, create: bool, taken: set[str]) -> None:
+        """Register the files in ``root/tables/`` (created when ``create``)."""
         tables_dir = root / TABLES_DIR
+        if not create and not tables_dir.is_dir():
+            return
         try:
             tables_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -394,9 +612,18 @@ class Session:
                         hints=("remove or rename one of them",),
                     )
                 )
+            if name.lower() in taken:
+                raise PopQLError(
+                    Diagnostic(
+                        "F001",
+                        f"table '{name}' in {tables_dir} has the name of a dataset table",
+                        hints=(f"rename {entry.name}",),
+                    )
+                )
             sources[name] = entry
         for name, entry in sources.items():
             self._register_path(name, entry)
+            self._from_dir[name] = {}
 
     def _scratch(self) -> Session:
         """An in-memory session with empty copies of this session's tables (for checking)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Protocol
 
 from popql import ast as A
@@ -35,6 +36,7 @@ class ColumnInfo:
     name: str
     type: str  # Arrow type string, e.g. "int64", "list<item: string>"
     kind: str | None = None  # "image" for image columns
+    arrow_type: object = None  # the engine's pyarrow type, when it knows it
 
 
 IMAGE_COLUMN_NAMES = frozenset({"image"})
@@ -61,18 +63,41 @@ def is_image_column(info: ColumnInfo) -> bool:
     return info.kind == "image" or info.name.lower() in IMAGE_COLUMN_NAMES
 
 
-class Scope:
-    """The tables visible in one SELECT, for resolving the operands PopQL needs to type."""
+SqlOf = Callable[[A.Query], str]
 
-    def __init__(self, catalog: Catalog | None, parent: Scope | None = None) -> None:
+
+class Scope:
+    """The relations visible in one SELECT, for typing the operands PopQL needs.
+
+    Base tables are typed by the catalog; derived tables and CTE references by asking the
+    catalog's ``query_columns(sql)`` (DataFusion plans the subquery) when it offers it.
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog | None,
+        parent: Scope | None = None,
+        ctes: dict[str, str] | None = None,
+        sql_of: SqlOf | None = None,
+    ) -> None:
         self.catalog = catalog
         self.parent = parent
-        self.tables: list[tuple[str | None, str]] = []  # (qualifier, table name)
-        self.opaque = False  # a FROM item whose columns are unknown (subquery, function)
+        self.ctes = ctes or {}
+        self.sql_of = sql_of
+        # (qualifier, table name or None, SQL of a derived relation or None)
+        self.relations: list[tuple[str | None, str | None, str | None]] = []
+        self._derived_cache: dict[str, list[ColumnInfo] | None] = {}
 
     @classmethod
-    def for_select(cls, select: A.Select, catalog: Catalog | None, parent: Scope | None) -> Scope:
-        scope = cls(catalog, parent)
+    def for_select(
+        cls,
+        select: A.Select,
+        catalog: Catalog | None,
+        parent: Scope | None,
+        ctes: dict[str, str] | None = None,
+        sql_of: SqlOf | None = None,
+    ) -> Scope:
+        scope = cls(catalog, parent, ctes, sql_of)
         for item in select.from_:
             scope._add(item)
         return scope
@@ -80,21 +105,29 @@ class Scope:
     @classmethod
     def for_table(cls, table: tuple[A.Identifier, ...], catalog: Catalog | None) -> Scope:
         scope = cls(catalog)
-        scope.tables.append((_norm(table[-1]), ".".join(_norm(p) for p in table)))
+        scope.relations.append((_norm(table[-1]), ".".join(_norm(p) for p in table), None))
         return scope
 
     def _add(self, item: A.TableRef) -> None:
         if isinstance(item, A.TableName):
             name = ".".join(_norm(p) for p in item.name)
             qualifier = _norm(item.alias.name) if item.alias else _norm(item.name[-1])
-            self.tables.append((qualifier, name))
+            if len(item.name) == 1 and name in self.ctes:
+                self.relations.append((qualifier, None, self.ctes[name]))
+            else:
+                self.relations.append((qualifier, name, None))
         elif isinstance(item, A.Join):
             self._add(item.left)
             self._add(item.right)
         elif isinstance(item, A.ParenTable):
             self._add(item.table)
-        else:
-            self.opaque = True
+        elif isinstance(item, A.DerivedTable) and self.sql_of is not None:
+            qualifier = _norm(item.alias.name) if item.alias else None
+            sql = self.sql_of(item.query)
+            if item.alias and item.alias.columns:
+                cols = ", ".join(f'"{_norm(c)}"' for c in item.alias.columns)
+                sql = f"SELECT * FROM ({sql}) AS __popql_t({cols})"
+            self.relations.append((qualifier, None, sql))
 
     def columns_of(self, table: str) -> list[tuple[str, str]] | None:
         if self.catalog is None:
@@ -114,28 +147,45 @@ class Scope:
             return None
         return result if isinstance(result, str) else None
 
+    def _relation_columns(self, table: str | None, sql: str | None) -> list[ColumnInfo]:
+        if table is not None:
+            return [
+                ColumnInfo(table, n, t, self.kind_of(table, n))
+                for n, t in self.columns_of(table) or []
+            ]
+        assert sql is not None
+        if sql not in self._derived_cache:
+            self._derived_cache[sql] = self._query_columns(sql)
+        return self._derived_cache[sql] or []
+
+    def _query_columns(self, sql: str) -> list[ColumnInfo] | None:
+        fn = getattr(self.catalog, "query_columns", None)
+        if fn is None:
+            return None
+        try:
+            fields = fn(sql)
+        except Exception:
+            return None
+        return [ColumnInfo("", name, str(t), None, t) for name, t in fields]
+
     def resolve(self, column: A.Column) -> ColumnInfo | None:
         parts = [_norm(p) for p in column.parts]
         name = parts[-1]
         qualifier = parts[-2] if len(parts) >= 2 else None
-        for q, table in self.tables:
+        for q, table, sql in self.relations:
             if qualifier is not None and qualifier != q:
                 continue
-            cols = self.columns_of(table)
-            if not cols:
-                continue
-            for col_name, col_type in cols:
-                if col_name == name:
-                    return ColumnInfo(table, col_name, col_type, self.kind_of(table, col_name))
+            for info in self._relation_columns(table, sql):
+                if info.name == name:
+                    return info
         if self.parent is not None:
             return self.parent.resolve(column)
         return None
 
     def all_columns(self) -> list[ColumnInfo]:
         out = []
-        for _, table in self.tables:
-            for col_name, col_type in self.columns_of(table) or []:
-                out.append(ColumnInfo(table, col_name, col_type, self.kind_of(table, col_name)))
+        for _, table, sql in self.relations:
+            out.extend(self._relation_columns(table, sql))
         return out
 
     def default_column(self, predicate: str) -> list[ColumnInfo]:

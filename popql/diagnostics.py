@@ -50,7 +50,8 @@ __all__ = [
 
 #: Stable diagnostic codes and their one-line titles. Codes are never renumbered or reused;
 #: docs/errors.md documents each one (example and what to do). The letter gives the stage:
-#: P parse, N names, T types, X not available, E execution, F files, I internal.
+#: P parse, N names, T types, X not available, E execution, F files, D datasets, M models,
+#: I internal.
 CODES: dict[str, str] = {
     # -- syntax (popql.syntax, popql.syntax_errors) --
     "P001": "unexpected token",
@@ -69,6 +70,7 @@ CODES: dict[str, str] = {
     "N005": "ambiguous column",
     "N006": "duplicate name",
     "N007": "unknown parameter",
+    "N008": "unknown tagger",
     # -- types (popql.check) --
     "T001": "type mismatch",
     "T002": "image extension used on a non-image column",
@@ -87,6 +89,21 @@ CODES: dict[str, str] = {
     "F002": "unsupported data format",
     "F003": "invalid data in file",
     "F004": "cannot write file",
+    # -- datasets: versioned storage (popql.engine.dataset) --
+    "D001": "invalid dataset manifest",
+    "D002": "invalid dataset snapshot",
+    "D003": "dataset file missing",
+    "D004": "invalid dataset file",
+    "D005": "duplicate sample id",
+    "D006": "unknown dataset version",
+    "D007": "dataset locked by another writer",
+    "D008": "invalid dataset change",
+    "D009": "leftover dataset file",
+    # -- models: embedders (popql.engine.embedders) --
+    "M001": "model weights unavailable",
+    "M002": "unknown model",
+    "M003": "model does not load",
+    "M004": "model packages not installed",
     # -- bugs --
     "I001": "internal error",
 }

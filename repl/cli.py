@@ -6,6 +6,8 @@
     popql run FILE.popql     [--dataset DIR] [--format table|csv|json] [--register NAME=PATH ...]
     popql fmt FILE... [--check] [--diff]
     popql check FILE... [--dataset DIR] [--register NAME=PATH ...] [--format text|json]
+    popql check-dataset --dataset DIR [--deep] [--format text|json]
+    popql vacuum --dataset DIR [--keep N] [--format text|json]
 
 Also ``python -m popql.repl``. See :data:`EPILOG` for exit codes.
 """
@@ -80,7 +82,8 @@ def _build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--dataset",
             metavar="DIR",
-            help="dataset directory: every Parquet file or folder in DIR/tables/ is a table",
+            help="dataset directory: a versioned dataset (DIR/manifest.json, at its current "
+            "version) and/or a folder whose DIR/tables/ Parquet files and folders are tables",
         )
         p.add_argument(
             "--register",
@@ -163,7 +166,60 @@ def _build_parser() -> argparse.ArgumentParser:
         default="text",
         help="diagnostics as text on stderr, or as one JSON list on stdout",
     )
+
+    cd = command(
+        "check-dataset",
+        "check the integrity of a versioned dataset",
+        "Check a versioned dataset (a directory with manifest.json): the manifest, every "
+        "snapshot in versions/, and that every data file they name exists, is readable "
+        "Parquet and has the recorded rows and schema; duplicate sample ids in the current "
+        "version. Files left by interrupted writers are listed as notes (vacuum removes "
+        "them). Exit 0 when there is no error, 1 otherwise.",
+    )
+    cd.add_argument("--dataset", metavar="DIR", required=True, help="the dataset directory")
+    cd.add_argument(
+        "--deep", action="store_true", help="read every data file in full, not just its footer"
+    )
+    cd.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="diagnostics as text on stderr, or as one JSON list on stdout",
+    )
+
+    v = command(
+        "vacuum",
+        "delete old versions and unreferenced files of a dataset",
+        "Delete the snapshots of all but the newest N versions of a versioned dataset and "
+        "every data or index file that no kept version names (including what interrupted "
+        "writers left). Takes the writers' lock; sessions still reading a removed version "
+        "will fail.",
+    )
+    v.add_argument("--dataset", metavar="DIR", required=True, help="the dataset directory")
+    v.add_argument(
+        "--keep",
+        metavar="N",
+        type=_positive_int,
+        default=1,
+        help="how many of the newest versions to keep (default 1: the current one)",
+    )
+    v.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="the report as a line of text, or as a JSON object",
+    )
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,6 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_fmt(args)
         if args.command == "check":
             return _cmd_check(args)
+        if args.command == "check-dataset":
+            return _cmd_check_dataset(args)
+        if args.command == "vacuum":
+            return _cmd_vacuum(args)
         raise AssertionError(f"unhandled command {args.command!r}")  # pragma: no cover
     except KeyboardInterrupt:
         _flush_quietly()
@@ -250,7 +310,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_fmt(args: argparse.Namespace) -> int:
     from popql.engine.session import read_source
-
     from popql.format import format_script
     from popql.syntax import parse
 
@@ -323,6 +382,62 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if as_json:
         _write_out(to_json(collected) + "\n")
     return status
+
+
+def _versioned_dataset(path: str) -> Path:
+    """The absolute path of the versioned dataset ``path`` (F001 when it is not one)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise PopQLError(
+            Diagnostic(
+                "F001",
+                f"dataset directory not found: {path}",
+                hints=("check the --dataset path",),
+            )
+        )
+    if not (root / "manifest.json").is_file():
+        raise PopQLError(
+            Diagnostic(
+                "F001",
+                f"not a versioned dataset: {path} has no manifest.json",
+                hints=("datasets get versions when `popql ingest` writes to them",),
+            )
+        )
+    return root.absolute()
+
+
+def _cmd_check_dataset(args: argparse.Namespace) -> int:
+    from popql.engine.dataset import Dataset
+
+    dataset = Dataset(_versioned_dataset(args.dataset))
+    diagnostics = dataset.check(leftovers=True, deep=args.deep)
+    errors = [d for d in diagnostics if d.severity == "error"]
+    notes = len(diagnostics) - len(errors)
+    if args.format == "json":
+        _write_out(to_json(diagnostics) + "\n")
+    else:
+        if diagnostics:
+            _print_err(render(diagnostics, None, color=_use_color()))
+        try:
+            where = f"version {dataset.version()}, {len(dataset.versions())} version(s) kept"
+        except PopQLError:
+            where = "unreadable manifest"
+        verdict = f"{len(errors)} problem(s)" if errors else "ok"
+        extra = f"; {notes} leftover file(s) (`popql vacuum` removes them)" if notes else ""
+        _write_out(f"{args.dataset}: {where}: {verdict}{extra}\n")
+    return EXIT_ERROR if errors else EXIT_OK
+
+
+def _cmd_vacuum(args: argparse.Namespace) -> int:
+    from popql.engine.dataset import Dataset
+
+    dataset = Dataset.open(_versioned_dataset(args.dataset))
+    report = dataset.vacuum(keep_versions=args.keep)
+    if args.format == "json":
+        _write_out(json.dumps(report.to_dict()) + "\n")
+    else:
+        _write_out(f"{args.dataset}: {report}\n")
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,10 +17,10 @@ from typing import Any
 import datafusion
 import pyarrow as pa
 import pytest
-from popql.engine import Session, connect
-from popql.engine.lower import compile_statement
 
 from popql.diagnostics import PopQLError
+from popql.engine import Session, connect
+from popql.engine.lower import compile_statement
 from popql.syntax import parse
 
 # ---------------------------------------------------------------------------------------------
@@ -40,10 +40,14 @@ def _tables() -> dict[str, pa.Table]:
             "ts": pa.array(
                 [dt.datetime(2024, 1, d, 12, d) for d in range(1, 9)], pa.timestamp("us")
             ),
-            "d": pa.array([dt.date(2023, 12, 28 + i) if i < 4 else dt.date(2024, 1, i)
-                           for i in range(8)], pa.date32()),
-            "tags": pa.array([["a", "b"], [], None, ["c"], ["a"], ["b", "c"], ["a", None], []],
-                             pa.list_(pa.string())),
+            "d": pa.array(
+                [dt.date(2023, 12, 28 + i) if i < 4 else dt.date(2024, 1, i) for i in range(8)],
+                pa.date32(),
+            ),
+            "tags": pa.array(
+                [["a", "b"], [], None, ["c"], ["a"], ["b", "c"], ["a", None], []],
+                pa.list_(pa.string()),
+            ),
         }
     )
     u = pa.table(
@@ -111,9 +115,10 @@ def assert_same(popql: pa.Table, expected: pa.Table, ordered: bool) -> None:
 
 def _ordered(query: str) -> bool:
     # A top-level ORDER BY (the queries below only order totally at the top level).
-    return bool(re.search(r"ORDER BY [^)]*$", query, re.S)) and "OVER" not in query.split(
-        "ORDER BY"
-    )[-1]
+    return (
+        bool(re.search(r"ORDER BY [^)]*$", query, re.S))
+        and "OVER" not in query.split("ORDER BY")[-1]
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,14 +188,12 @@ QUERIES: list[str] = [
     # CTEs and subqueries
     "WITH a AS (SELECT id, x FROM t WHERE x > 0), b AS (SELECT * FROM a WHERE id > 1)"
     " SELECT count(*) AS c, sum(x) AS s FROM b",
-    "WITH RECURSIVE r(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM r WHERE k < 5)"
-    " SELECT k FROM r",
+    "WITH RECURSIVE r(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM r WHERE k < 5) SELECT k FROM r",
     "SELECT id, (SELECT max(val) FROM u) AS m FROM t",
     "SELECT id FROM t WHERE EXISTS (SELECT 1 FROM u WHERE u.t_id = t.id AND u.val > 1)",
     "SELECT id FROM t WHERE id IN (SELECT t_id FROM u WHERE kind = 'p')",
     "SELECT id FROM t WHERE id NOT IN (SELECT t_id FROM u WHERE t_id IS NOT NULL)",
-    "SELECT s.g, s.c FROM (SELECT grp AS g, count(*) AS c FROM t GROUP BY grp) AS s"
-    " WHERE s.c >= 2",
+    "SELECT s.g, s.c FROM (SELECT grp AS g, count(*) AS c FROM t GROUP BY grp) AS s WHERE s.c >= 2",
     "SELECT id FROM t WHERE x > (SELECT avg(x) FROM t)",
     # set operations, VALUES, ordering
     "SELECT id FROM t UNION SELECT t_id FROM u",
@@ -264,8 +267,9 @@ def _qid(q: str) -> str:
 
 
 @pytest.mark.parametrize("query", QUERIES, ids=_qid)
-def test_plain_sql_means_the_same(session: Session, plain: datafusion.SessionContext,
-                                  query: str) -> None:
+def test_plain_sql_means_the_same(
+    session: Session, plain: datafusion.SessionContext, query: str
+) -> None:
     expected = plain.sql(query).to_arrow_table()
     got = session.sql(query).to_arrow()
     assert_same(got, expected, ordered=_ordered(query))
@@ -286,11 +290,6 @@ def test_ddl_dml_sequences(statements: list[str]) -> None:
     assert_same(results[-1].to_arrow(), expected, ordered=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="grammar: LIST_QUANT (`(COUNT|ANY|ALL)(?=\\s*\\([^()]*\\bWHERE\\b)`) also matches "
-    "`x = ANY(SELECT ... WHERE ...)`, so a quantified subquery with a WHERE is a P001",
-)
 @pytest.mark.parametrize(
     "query",
     [
@@ -298,28 +297,23 @@ def test_ddl_dml_sequences(statements: list[str]) -> None:
         "SELECT id FROM t WHERE n > ALL(SELECT n FROM t WHERE n < 30)",
     ],
 )
-def test_quantified_subquery_with_where(session: Session, plain: datafusion.SessionContext,
-                                        query: str) -> None:
+def test_quantified_subquery_with_where(
+    session: Session, plain: datafusion.SessionContext, query: str
+) -> None:
     expected = plain.sql(query).to_arrow_table()
     assert_same(session.sql(query).to_arrow(), expected, ordered=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="grammar: DOLLAR_STRING uses a backreference (\\1) that breaks inside Lark's "
-    "combined lexer regex, so $$...$$ and $tag$...$tag$ strings (which DataFusion accepts) "
-    "give P004 / P001",
-)
-@pytest.mark.parametrize(
-    "query", ["SELECT $$dollar 'quoted'$$ AS q", "SELECT $tag$x$tag$ AS q"]
-)
-def test_dollar_quoted_strings(session: Session, plain: datafusion.SessionContext,
-                               query: str) -> None:
+@pytest.mark.parametrize("query", ["SELECT $$dollar 'quoted'$$ AS q", "SELECT $tag$x$tag$ AS q"])
+def test_dollar_quoted_strings(
+    session: Session, plain: datafusion.SessionContext, query: str
+) -> None:
     assert_same(session.sql(query).to_arrow(), plain.sql(query).to_arrow_table(), True)
 
 
-def test_quantified_subquery_without_where(session: Session,
-                                           plain: datafusion.SessionContext) -> None:
+def test_quantified_subquery_without_where(
+    session: Session, plain: datafusion.SessionContext
+) -> None:
     query = "SELECT id FROM t WHERE n = ANY(SELECT n FROM t)"
     assert_same(session.sql(query).to_arrow(), plain.sql(query).to_arrow_table(), False)
 
@@ -364,45 +358,92 @@ def images() -> Session:
 
 # (query, the text the span must cover, a word the message must contain)
 X001_EXPRESSIONS: list[tuple[str, str, str]] = [
-    ("SELECT id FROM samples WHERE image SIMILAR TO 'a dog' TOP 10",
-     "image SIMILAR TO 'a dog' TOP 10", "SIMILAR TO"),
-    ("SELECT id FROM samples WHERE image SIMILAR TO 'a dog' THRESHOLD 0.25",
-     "image SIMILAR TO 'a dog' THRESHOLD 0.25", "SIMILAR TO"),
-    ("SELECT id FROM samples WHERE image SIMILAR TO 'a dog' USING clip_vit",
-     "image SIMILAR TO 'a dog' USING clip_vit", "SIMILAR TO"),
-    ("SELECT id FROM samples WHERE image SIMILAR TO 'a dog' USING clip TOP 5 EXACT",
-     "image SIMILAR TO 'a dog' USING clip TOP 5 EXACT", "SIMILAR TO"),
-    ("SELECT id FROM samples WHERE image SIMILAR TO 'a dog' EXACT",
-     "image SIMILAR TO 'a dog' EXACT", "SIMILAR TO"),
-    ("SELECT id FROM samples WHERE image SIMILAR TO 'a dog'",
-     "image SIMILAR TO 'a dog'", "SIMILAR TO"),
-    ("SELECT id FROM samples WHERE SIMILAR TO 'a dog on a beach'",
-     "SIMILAR TO 'a dog on a beach'", "SIMILAR TO"),
-    ("SELECT id FROM samples WHERE brightness > 0.5 AND SIMILAR TO 'snow' TOP 3",
-     "SIMILAR TO 'snow' TOP 3", "SIMILAR TO"),
+    (
+        "SELECT id FROM samples WHERE image SIMILAR TO 'a dog' TOP 10",
+        "image SIMILAR TO 'a dog' TOP 10",
+        "SIMILAR TO",
+    ),
+    (
+        "SELECT id FROM samples WHERE image SIMILAR TO 'a dog' THRESHOLD 0.25",
+        "image SIMILAR TO 'a dog' THRESHOLD 0.25",
+        "SIMILAR TO",
+    ),
+    (
+        "SELECT id FROM samples WHERE image SIMILAR TO 'a dog' USING clip_vit",
+        "image SIMILAR TO 'a dog' USING clip_vit",
+        "SIMILAR TO",
+    ),
+    (
+        "SELECT id FROM samples WHERE image SIMILAR TO 'a dog' USING clip TOP 5 EXACT",
+        "image SIMILAR TO 'a dog' USING clip TOP 5 EXACT",
+        "SIMILAR TO",
+    ),
+    (
+        "SELECT id FROM samples WHERE image SIMILAR TO 'a dog' EXACT",
+        "image SIMILAR TO 'a dog' EXACT",
+        "SIMILAR TO",
+    ),
+    (
+        "SELECT id FROM samples WHERE image SIMILAR TO 'a dog'",
+        "image SIMILAR TO 'a dog'",
+        "SIMILAR TO",
+    ),
+    (
+        "SELECT id FROM samples WHERE SIMILAR TO 'a dog on a beach'",
+        "SIMILAR TO 'a dog on a beach'",
+        "SIMILAR TO",
+    ),
+    (
+        "SELECT id FROM samples WHERE brightness > 0.5 AND SIMILAR TO 'snow' TOP 3",
+        "SIMILAR TO 'snow' TOP 3",
+        "SIMILAR TO",
+    ),
     ("SELECT id FROM samples WHERE NEAR IMAGE 'query.jpg'", "NEAR IMAGE 'query.jpg'", "NEAR"),
-    ("SELECT id FROM samples WHERE image NEAR IMAGE 'q.jpg' TOP 20",
-     "image NEAR IMAGE 'q.jpg' TOP 20", "NEAR"),
+    (
+        "SELECT id FROM samples WHERE image NEAR IMAGE 'q.jpg' TOP 20",
+        "image NEAR IMAGE 'q.jpg' TOP 20",
+        "NEAR",
+    ),
     ("SELECT id FROM samples WHERE NEAR SAMPLE 'img_0042'", "NEAR SAMPLE 'img_0042'", "NEAR"),
-    ("SELECT id FROM samples WHERE image NEAR SAMPLE 42 THRESHOLD 0.5",
-     "image NEAR SAMPLE 42 THRESHOLD 0.5", "NEAR"),
-    ("SELECT id FROM samples WHERE image NEAR (IMAGE 'a.jpg', NOT SAMPLE 'b')",
-     "image NEAR (IMAGE 'a.jpg', NOT SAMPLE 'b')", "NEAR"),
-    ("SELECT id FROM samples WHERE image NOT NEAR IMAGE 'a.jpg'",
-     "image NOT NEAR IMAGE 'a.jpg'", "NEAR"),
+    (
+        "SELECT id FROM samples WHERE image NEAR SAMPLE 42 THRESHOLD 0.5",
+        "image NEAR SAMPLE 42 THRESHOLD 0.5",
+        "NEAR",
+    ),
+    (
+        "SELECT id FROM samples WHERE image NEAR (IMAGE 'a.jpg', NOT SAMPLE 'b')",
+        "image NEAR (IMAGE 'a.jpg', NOT SAMPLE 'b')",
+        "NEAR",
+    ),
+    (
+        "SELECT id FROM samples WHERE image NOT NEAR IMAGE 'a.jpg'",
+        "image NOT NEAR IMAGE 'a.jpg'",
+        "NEAR",
+    ),
     ("SELECT id, SIMILARITY('a dog') AS s FROM samples", "SIMILARITY('a dog')", "SIMILARITY"),
-    ("SELECT id, SIMILARITY(image, IMAGE 'x.jpg') AS s FROM samples",
-     "SIMILARITY(image, IMAGE 'x.jpg')", "SIMILARITY"),
-    ("SELECT id FROM samples ORDER BY SIMILARITY(SAMPLE 'img_1' USING clip) DESC",
-     "SIMILARITY(SAMPLE 'img_1' USING clip)", "SIMILARITY"),
+    (
+        "SELECT id, SIMILARITY(image, IMAGE 'x.jpg') AS s FROM samples",
+        "SIMILARITY(image, IMAGE 'x.jpg')",
+        "SIMILARITY",
+    ),
+    (
+        "SELECT id FROM samples ORDER BY SIMILARITY(SAMPLE 'img_1' USING clip) DESC",
+        "SIMILARITY(SAMPLE 'img_1' USING clip)",
+        "SIMILARITY",
+    ),
     ("SELECT id,\n  SIMILARITY('a cat') AS s\nFROM samples", "SIMILARITY('a cat')", "SIMILARITY"),
 ]
 
 X001_STATEMENTS: list[tuple[str, str]] = [
-    ("CREATE POPULATION night AS SELECT * FROM samples WHERE brightness < 0.2",
-     "CREATE POPULATION"),
-    ("CREATE OR REPLACE POPULATION IF NOT EXISTS dark DESCRIPTION 'dark frames'"
-     " AS SELECT id FROM samples", "CREATE POPULATION"),
+    (
+        "CREATE POPULATION night AS SELECT * FROM samples WHERE brightness < 0.2",
+        "CREATE POPULATION",
+    ),
+    (
+        "CREATE OR REPLACE POPULATION IF NOT EXISTS dark DESCRIPTION 'dark frames'"
+        " AS SELECT id FROM samples",
+        "CREATE POPULATION",
+    ),
     ("HOLD OUT 10 PERCENT OF night SALT 'v1'", "HOLD OUT"),
     ("EVALUATE detector ON night, day METRICS recall, precision(0.5)", "EVALUATE"),
     ("EVALUATE detector VERSION 'v2' BY weather", "EVALUATE"),
@@ -427,8 +468,9 @@ def _x001(session: Session, text: str) -> PopQLError:
 
 
 @pytest.mark.parametrize(("query", "construct", "word"), X001_EXPRESSIONS, ids=_qid)
-def test_x001_expression_points_at_construct(images: Session, query: str, construct: str,
-                                             word: str) -> None:
+def test_x001_expression_points_at_construct(
+    images: Session, query: str, construct: str, word: str
+) -> None:
     err = _x001(images, query)
     diag = err.diagnostic
     assert diag.span is not None
@@ -457,13 +499,15 @@ def test_x001_statement_points_at_statement(images: Session, stmt: str, name: st
 def test_x001_statement_stops_the_script(images: Session) -> None:
     s = connect()
     with pytest.raises(PopQLError):
-        s.execute("CREATE TABLE before (a INT); CREATE POPULATION p AS SELECT 1; "
-                  "CREATE TABLE after (a INT)")
+        s.execute(
+            "CREATE TABLE before (a INT); CREATE POPULATION p AS SELECT 1; "
+            "CREATE TABLE after (a INT)"
+        )
     assert "before" in s.tables() and "after" not in s.tables()
 
 
 def test_x001_compile_statement_directly(images: Session) -> None:
-    for query, construct, _ in X001_EXPRESSIONS:
+    for query, _construct, _word in X001_EXPRESSIONS:
         with pytest.raises(PopQLError) as info:
             compile_statement(parse(query).statements[0], images.catalog)
         assert info.value.code == "X001", query
@@ -482,12 +526,6 @@ def test_x001_inside_subquery_and_cte(images: Session) -> None:
     assert query[span.start : span.end] in ("image SIMILAR TO 'a dog' TOP 5", "NEAR IMAGE 'x.jpg'")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lower.py: `<text column> SIMILAR TO 'x' TOP 5` raises T002 saying SIMILAR TO needs "
-    "'a text column ... or an image column, but 'uri' is string' (uri IS text); the problem is "
-    "the search option, which needs an image column",
-)
 def test_search_options_on_text_column_message(images: Session) -> None:
     with pytest.raises(PopQLError) as info:
         images.sql("SELECT id FROM samples WHERE uri SIMILAR TO 'a' TOP 5")
