@@ -320,7 +320,7 @@ class Snapshot:
         for rel, path in zip(self._files[name], self.tables[name], strict=True):
             n = self._rows.get(rel)
             if n is None:
-                n = _read_metadata(path, self.root).num_rows
+                n = _read_rows(path, self.root)
             total += n
         return total
 
@@ -448,9 +448,9 @@ class Snapshot:
         )
 
 
-def _read_metadata(path: Path, root: Path) -> pq.FileMetaData:
+def _read_rows(path: Path, root: Path) -> int:
     try:
-        return pq.read_metadata(path)
+        return _file_info(path)[0]
     except FileNotFoundError as exc:
         raise _missing(path, root) from exc
     except Exception as exc:
@@ -459,7 +459,7 @@ def _read_metadata(path: Path, root: Path) -> pq.FileMetaData:
 
 def _read_schema(path: Path, root: Path) -> pa.Schema:
     try:
-        return pq.read_schema(path)
+        return _file_info(path)[1]
     except FileNotFoundError as exc:
         raise _missing(path, root) from exc
     except Exception as exc:
@@ -474,9 +474,21 @@ def _parquet_schema(schema: pa.Schema) -> pa.Schema:
     return pq.read_schema(pa.BufferReader(sink.getvalue()))
 
 
+def _read_file(path: Path, columns: list[str] | None = None) -> pa.Table:
+    # The file is opened here so that it is closed even when pyarrow rejects it.
+    with open(path, "rb") as fh, pq.ParquetFile(fh) as pf:
+        return pf.read(columns=columns)
+
+
+def _file_info(path: Path) -> tuple[int, pa.Schema]:
+    """(rows, Arrow schema) from a Parquet file's footer."""
+    with open(path, "rb") as fh, pq.ParquetFile(fh) as pf:
+        return pf.metadata.num_rows, pf.schema_arrow
+
+
 def _read_parquet(path: Path, root: Path, schema: pa.Schema) -> pa.Table:
     try:
-        table = pq.ParquetFile(path).read()
+        table = _read_file(path)
     except FileNotFoundError as exc:
         raise _missing(path, root) from exc
     except Exception as exc:
@@ -1093,10 +1105,10 @@ def _inspect_file(
     """(rows, schema, None) of a readable Parquet file, else (None, None, the error)."""
     try:
         if deep:
-            table = pq.ParquetFile(path).read()
+            table = _read_file(path)
             return table.num_rows, table.schema, None
-        pf = pq.ParquetFile(path)
-        return pf.metadata.num_rows, pf.schema_arrow, None
+        rows, schema = _file_info(path)
+        return rows, schema, None
     except Exception as exc:
         return None, None, exc
 
@@ -1130,7 +1142,7 @@ def _check_duplicates(snap: Snapshot) -> list[Diagnostic]:
                 continue
             ids = pa.chunked_array(
                 [
-                    pq.ParquetFile(p).read(columns=["sample_id"]).column(0).combine_chunks()
+                    _read_file(p, ["sample_id"]).column(0).combine_chunks()
                     for p in snap.tables[name]
                 ],
                 type=snap.schema(name).field("sample_id").type,
@@ -1278,7 +1290,7 @@ class Transaction:
         for rel in self._files[table]:
             path = self.root / rel
             try:
-                ids = pq.ParquetFile(path).read(columns=["sample_id"]).column(0)
+                ids = _read_file(path, ["sample_id"]).column(0)
             except FileNotFoundError as exc:
                 raise _missing(path, self.root) from exc
             except Exception as exc:
@@ -1338,8 +1350,9 @@ class Transaction:
 
     def add_file(self, relpath: str) -> Path:
         """Reserve a new file ``relpath`` (under ``data/`` or ``indexes/``) and return its
-        absolute path (its folder exists). Write it before :meth:`commit`, which fsyncs it;
-        name it in tagger/embedder metadata (e.g. ``"index": relpath``) or vacuum removes it.
+        absolute path (its folder exists). Write it before :meth:`commit`, which fsyncs it,
+        and name it in tagger/embedder metadata (e.g. ``"index": relpath``): a reserved file
+        that the committed version does not name is deleted by the commit.
         """
         self._require_open()
         why = _check_relpath(relpath)

@@ -44,8 +44,10 @@ import inspect
 import json
 import os
 import re
+import socket
 import threading
-from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -266,22 +268,22 @@ def parse_spec(spec: str) -> EmbedSpec:
                 "write hf-hub:ORG/REPO",
             )
         return EmbedSpec(spec, "hf_hub", repo, **common)
-    if model is not None or text.lower().endswith(CHECKPOINT_SUFFIXES):
-        if not model:
-            raise _unknown(
-                f"the checkpoint {text!r} needs an architecture",
-                f"write '{text}?model=NAME' (an open_clip model name such as ViT-B-32), or"
-                " use a 'local-dir:' folder with open_clip_config.json",
-            )
+    if model is not None:
         return EmbedSpec(spec, "file", text, model=model, **common)
     name, sep, tag = text.partition(":")
     name, tag = name.strip(), tag.strip()
+    if sep and name and tag and _looks_like_path(tag) and not _looks_like_path(name):
+        return EmbedSpec(spec, "file", tag, model=name, **common)
+    if text.lower().endswith(CHECKPOINT_SUFFIXES):
+        raise _unknown(
+            f"the checkpoint {text!r} needs an architecture",
+            f"write '{text}?model=NAME' (an open_clip model name such as ViT-B-32), or"
+            " use a 'local-dir:' folder with open_clip_config.json",
+        )
     if not name:
         raise _unknown(f"no model name in embedder spec {spec!r}")
     if sep and not tag:
         raise _unknown(f"no pretrained tag after ':' in embedder spec {spec!r}")
-    if sep and _looks_like_path(tag):
-        return EmbedSpec(spec, "file", tag, model=name, **common)
     return EmbedSpec(spec, "open_clip", name, pretrained=tag or None, **common)
 
 
@@ -462,6 +464,7 @@ def _load_open_clip(parsed: EmbedSpec, cache_dir: str | None) -> OpenClipEmbedde
     spec = parsed.spec
     weights: list[Path]
     pretrained: str | None = None
+    offline = False  # True when everything is cached: open_clip must not touch the network
     if parsed.kind == "local_dir":
         folder = _resolve_local(parsed.name)
         if not folder.is_dir():
@@ -483,15 +486,24 @@ def _load_open_clip(parsed: EmbedSpec, cache_dir: str | None) -> OpenClipEmbedde
     elif parsed.kind == "hf_hub":
         name = HF_HUB_PREFIX + parsed.name
         oc_name = name
-        try:
-            open_clip.factory._get_hf_config(parsed.name, cache_dir=cache_dir)
-            found = open_clip.pretrained.download_pretrained_from_hf(parsed.name, cache_dir=cache_dir)
-        except Exception as exc:
-            raise _unavailable(
-                spec,
-                f"cannot download from the Hugging Face Hub ({_short(exc)})",
-                "run once with internet access (weights are then cached), or pass cache_dir",
-            ) from exc
+        found = _cached_hf(parsed.name, [_HF_CONFIG], cache_dir) and _cached_hf(
+            parsed.name, _hf_weight_names(None), cache_dir
+        )
+        if found:
+            offline = True
+        else:
+            _probe(spec, _hf_endpoint())
+            try:
+                open_clip.factory._get_hf_config(parsed.name, cache_dir=cache_dir)
+                found = open_clip.pretrained.download_pretrained_from_hf(
+                    parsed.name, cache_dir=cache_dir
+                )
+            except Exception as exc:
+                raise _unavailable(
+                    spec,
+                    f"cannot download from the Hugging Face Hub ({_short(exc)})",
+                    _DOWNLOAD_HINT,
+                ) from exc
         weights = [Path(found)]
         key = embedder_key(parsed.name)
     elif parsed.kind == "file":
@@ -522,15 +534,17 @@ def _load_open_clip(parsed: EmbedSpec, cache_dir: str | None) -> OpenClipEmbedde
                 f"tags for {model}: {', '.join(tags)}" if tags else "",
             )
         cfg = open_clip.pretrained.get_pretrained_cfg(model, tag)
-        try:
-            found = open_clip.pretrained.download_pretrained(cfg, cache_dir=cache_dir)
-        except Exception as exc:
-            raise _unavailable(
-                spec,
-                f"cannot download the weights ({_short(exc)})",
-                "run once with internet access (weights are then cached), or pass cache_dir"
-                " pointing at a folder that holds them",
-            ) from exc
+        found = _cached_pretrained(cfg, cache_dir)
+        if found:
+            offline = True
+        else:
+            _probe(spec, _pretrained_url(cfg))
+            try:
+                found = open_clip.pretrained.download_pretrained(cfg, cache_dir=cache_dir)
+            except Exception as exc:
+                raise _unavailable(
+                    spec, f"cannot download the weights ({_short(exc)})", _DOWNLOAD_HINT
+                ) from exc
         if not found or not Path(found).is_file():
             raise _unavailable(spec, "open_clip returned no weights file")
         weights = [Path(found)]
@@ -543,14 +557,15 @@ def _load_open_clip(parsed: EmbedSpec, cache_dir: str | None) -> OpenClipEmbedde
     identity = f"{name}@sha256:{digest}"
     device = parsed.device or os.environ.get("POPQL_DEVICE") or None
     try:
-        model_obj, _, preprocess = open_clip.create_model_and_transforms(
-            oc_name,
-            pretrained=pretrained,
-            cache_dir=cache_dir,
-            device="cpu",
-            weights_only=True,
-        )
-        tokenizer = open_clip.get_tokenizer(oc_name, cache_dir=cache_dir)
+        with _hub_offline(offline):
+            model_obj, _, preprocess = open_clip.create_model_and_transforms(
+                oc_name,
+                pretrained=pretrained,
+                cache_dir=cache_dir,
+                device="cpu",
+                weights_only=True,
+            )
+            tokenizer = open_clip.get_tokenizer(oc_name, cache_dir=cache_dir)
     except (OSError, ConnectionError) as exc:
         raise _unavailable(spec, _short(exc)) from exc
     except Exception as exc:
@@ -570,6 +585,131 @@ def _load_open_clip(parsed: EmbedSpec, cache_dir: str | None) -> OpenClipEmbedde
         batch_size=parsed.batch_size or DEFAULT_BATCH_SIZE,
         device=device,
     )
+
+
+_DOWNLOAD_HINT = (
+    "run once with internet access (the weights are then cached), pass cache_dir pointing at a"
+    " folder that holds them, or use local weights such as 'local-dir:models/fmnist-clip'"
+)
+_HF_CONFIG = "open_clip_config.json"
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _hf_endpoint() -> str:
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.ENDPOINT)
+    except Exception:  # pragma: no cover - huggingface_hub is a dependency of open_clip
+        return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+def _hf_offline_mode() -> bool:
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.is_offline_mode())
+    except Exception:  # pragma: no cover
+        return False
+
+
+def _probe(spec: str, url: str) -> None:
+    """M001 at once when downloads cannot work, instead of minutes of retries.
+
+    Offline mode (``POPQL_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``) or an unreachable host (one TCP
+    connection, 5 s timeout; skipped when a proxy is configured) means no download.
+    """
+    popql_offline = os.environ.get("POPQL_OFFLINE", "").strip().lower() in {"1", "true", "yes"}
+    if popql_offline or (url == _hf_endpoint() and _hf_offline_mode()):
+        raise _unavailable(spec, "offline mode is on and the weights are not cached", _DOWNLOAD_HINT)
+    if not url or any(os.environ.get(v) for v in _PROXY_VARS):
+        return
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname
+    if not host:
+        return
+    port = parts.port or (80 if parts.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as exc:
+        raise _unavailable(
+            spec, f"the weights are not cached and {host} is unreachable ({exc})", _DOWNLOAD_HINT
+        ) from exc
+
+
+def _pretrained_url(cfg: dict[str, Any]) -> str:
+    if cfg.get("hf_hub"):
+        return _hf_endpoint()
+    return str(cfg.get("url") or "")
+
+
+def _hf_weight_names(filename: str | None) -> list[str]:
+    import open_clip
+
+    filename = filename or open_clip.constants.HF_WEIGHTS_NAME
+    return [*open_clip.pretrained._get_safe_alternatives(filename), filename]
+
+
+def _cached_hf(repo: str, filenames: Sequence[str], cache_dir: str | None) -> str | None:
+    """The cached path of the first of ``filenames`` in hub ``repo``, without the network."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover
+        return None
+    for fn in filenames:
+        try:
+            found = try_to_load_from_cache(repo, fn, cache_dir=cache_dir)
+        except Exception:
+            continue
+        if isinstance(found, str) and os.path.isfile(found):
+            return found
+    return None
+
+
+def _cached_pretrained(cfg: dict[str, Any], cache_dir: str | None) -> str | None:
+    """Where open_clip's ``download_pretrained(cfg)`` would find the weights offline, if anywhere.
+
+    Mirrors open_clip: a local ``file``, else the hub entry (preferred), else the URL's file
+    in ``cache_dir`` (default ``~/.cache/clip``).
+    """
+    if cfg.get("file"):
+        return str(cfg["file"]) if os.path.isfile(cfg["file"]) else None
+    hub = cfg.get("hf_hub")
+    if hub:
+        repo, filename = os.path.split(hub)
+        return _cached_hf(repo, _hf_weight_names(filename or None), cache_dir)
+    url = cfg.get("url")
+    if url:
+        target = Path(cache_dir or os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
+        return str(target) if target.is_file() else None
+    return None
+
+
+@contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """Keep open_clip's second look-up of already cached files off the network.
+
+    huggingface_hub asks the Hub whether a cached file is current unless offline mode is on;
+    without a network that takes minutes of retries. Offline mode is switched on for the
+    duration of the call only (process-wide, under the module lock).
+    """
+    if not offline:
+        yield
+        return
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    with _LOCK:
+        before = constants.HF_HUB_OFFLINE
+        constants.HF_HUB_OFFLINE = True
+        try:
+            yield
+        finally:
+            constants.HF_HUB_OFFLINE = before
 
 
 def _short(exc: BaseException) -> str:

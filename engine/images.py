@@ -412,14 +412,14 @@ def decode_image(
             )
         mode = im.mode
         frames = int(getattr(im, "n_frames", 1) or 1)
+        if max_side is not None and fmt == "JPEG":
+            im.draft("RGB", _draft_box(im.size, max(1, max_side)))
+        im.load()  # before EXIF: PNG's getexif() would load the pixels and hide errors
         exif = extract_exif(im)
         orientation = exif.get("Orientation")
         transpose = _orientations().get(orientation) if isinstance(orientation, int) else None
         if orientation in (5, 6, 7, 8):
             width, height = height, width
-        if max_side is not None and fmt == "JPEG":
-            im.draft("RGB", _draft_box(im.size, max(1, max_side)))
-        im.load()
         rgb = _to_rgb(im)
         if transpose is not None:
             rgb = rgb.transpose(transpose)
@@ -518,7 +518,7 @@ def _bomb_message(exc: BaseException, max_pixels: int | None) -> str:
 def _classify(exc: BaseException, uri: str | None) -> ImageError:
     message = str(exc) or type(exc).__name__
     lowered = message.lower()
-    if "truncated" in lowered or "premature end" in lowered or "broken data stream" in lowered:
+    if "truncated" in lowered or "premature end" in lowered:
         return ImageError("truncated", message, uri)
     if isinstance(exc, MemoryError):
         return ImageError("decompression_bomb", "out of memory while decoding", uri)

@@ -182,9 +182,9 @@ class IngestSummary:
             lines.append(
                 f"labels: {self.labels_matched} matched, {self.labels_unmatched} unmatched"
             )
+        rate = f", {self.images_per_s:.1f} images/s" if self.decoded else ""
         lines.append(
-            f"{self.seconds:.1f} s, {self.images_per_s:.1f} images/s; "
-            f"dataset {self.dataset} at version {self.version}"
+            f"{self.seconds:.1f} s{rate}; dataset {self.dataset} at version {self.version}"
         )
         return "\n".join(lines)
 
@@ -1175,8 +1175,12 @@ def ingest(
         raise ValueError("commit_every must be at least 1")
     started = time.perf_counter()
     stream = sys.stderr if stream is None else stream
-    ds = _open_dataset(dataset)
-    summary = IngestSummary(dataset=os.fspath(ds.path))
+    root = (
+        os.path.abspath(os.fspath(dataset))
+        if isinstance(dataset, str | os.PathLike)
+        else os.fspath(dataset.path)
+    )
+    summary = IngestSummary(dataset=root)
     notes = summary.notes
 
     def note(text: str) -> None:
@@ -1190,9 +1194,7 @@ def ingest(
 
         label_file = read_labels(labels, key=labels_key, storage_options=storage_options)
 
-    refs, roots = enumerate_sources(
-        sources, storage_options=storage_options, exclude=[ds.path]
-    )
+    refs, roots = enumerate_sources(sources, storage_options=storage_options, exclude=[root])
     summary.found = len(refs)
 
     resolved_taggers = _resolve_taggers(taggers, notes)
@@ -1201,8 +1203,8 @@ def ingest(
         note(text)
     shown_notes = len(notes)
 
-    version = ds.version()
-    snapshot = ds.snapshot() if version > 0 else None
+    ds = _open_dataset(dataset)  # created only now: bad sources or models leave no folder
+    snapshot = ds.snapshot()
     models: list[_Model] = []
     from .taggers import tag_table_name
 
@@ -1249,7 +1251,7 @@ def ingest(
         ds,
         models=models,
         embedder=emb,
-        batch_size=batch_size,
+        batch_size=min(batch_size, commit_every),
         commit_every=commit_every,
         workers=workers or max(2, os.cpu_count() or 2),
         max_pixels=max_pixels,

@@ -82,6 +82,8 @@ from .result import Result
 if TYPE_CHECKING:
     from popql.ast import Script
 
+    from .ingest import IngestSummary
+
 __all__ = [
     "ARROW_SUFFIXES",
     "CSV_SUFFIXES",
@@ -264,6 +266,25 @@ class Session:
                 )
             )
         return Session(self.path, config=self._config, version=version)
+
+    def ingest(self, sources: Any, **kwargs: Any) -> IngestSummary:
+        """Ingest images into this session's dataset directory (created when new), then move
+        the session to the new version. ``popql.connect(DIR).ingest("photos/")``; keyword
+        arguments are those of :func:`popql.engine.ingest.ingest` (taggers, embedder, labels,
+        batch_size, progress, commit_every...). F001 for an in-memory session."""
+        if self.path is None:
+            raise PopQLError(
+                Diagnostic(
+                    "F001",
+                    "ingest needs a dataset: this session is in memory",
+                    hints=("open one with popql.connect('DIR'); it is created when missing",),
+                )
+            )
+        from .ingest import ingest
+
+        summary = ingest(self.path, sources, **kwargs)
+        self.refresh()
+        return summary
 
     def describe(self, name: str) -> pa.Table:
         """The columns of table ``name``: ``column``, ``type`` (Arrow type, as the checker

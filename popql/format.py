@@ -247,7 +247,7 @@ class Printer:
 
     def _FieldAccess(self, n: A.FieldAccess) -> str:
         base = self.postfix_base(n.operand)
-        if isinstance(n.operand, A.Column) and not base.startswith("("):
+        if isinstance(n.operand, (A.Column, A.Number)) and not base.startswith("("):
             base = f"({base})"
         return f"{base}.{self._Identifier(n.field)}"
 

@@ -17,13 +17,15 @@ popql.diagnostics.PopQLError: error[P001]: ...
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import importlib.resources
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, TypeVar, cast
 
 from lark import Lark, Token, Transformer, Tree, v_args
-from lark.exceptions import LarkError, VisitError
+from lark.exceptions import LarkError, UnexpectedCharacters, VisitError
 from lark.tree import Meta
 
 from popql import ast as A
@@ -36,10 +38,59 @@ def grammar_text() -> str:
     return importlib.resources.files("popql.grammar").joinpath("popql.lark").read_text("utf-8")
 
 
+_current_text: contextvars.ContextVar[str] = contextvars.ContextVar("popql_text", default="")
+
+
+class _KeywordBoundary:
+    """Lark post-lexer: a keyword must end at a word boundary.
+
+    Where the grammar expects a keyword but no name, the contextual lexer would otherwise read
+    ``SELECTa`` as ``SELECT a``.
+    """
+
+    always_accept: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self.keywords: frozenset[str] | None = None
+
+    def process(self, stream: Any) -> Any:
+        text = _current_text.get()
+        for tok in stream:
+            value = str(tok)
+            if (
+                value[-1:].isalpha()
+                and tok.end_pos is not None
+                and tok.end_pos < len(text)
+                and (text[tok.end_pos].isalnum() or text[tok.end_pos] in "_$")
+                and tok.type not in _WORD_TERMINALS
+            ):
+                raise UnexpectedCharacters(
+                    text, tok.end_pos, tok.line, tok.end_column, allowed={"a space"}
+                )
+            yield tok
+
+
+# Terminals whose matches are whole words anyway (names, literals, lookahead keywords).
+_WORD_TERMINALS = frozenset(
+    {
+        "NAME",
+        "QUOTED_NAME",
+        "BACKTICK_NAME",
+        "STRING",
+        "NUMBER",
+        "PLACEHOLDER",
+        "PREFIXED_STRING",
+        "DOLLAR_STRING",
+        "LAMBDA_PARAM",
+    }
+)
+
+
 @functools.cache
 def parser() -> Lark:
     return Lark(
         grammar_text(),
+        postlex=_KeywordBoundary(),
         parser="lalr",
         lexer="contextual",
         propagate_positions=True,
@@ -51,11 +102,16 @@ def parser() -> Lark:
 
 
 def parse_tree(text: str) -> Tree:
-    return parser().parse(text)
+    token = _current_text.set(text)
+    try:
+        return parser().parse(text)
+    finally:
+        _current_text.reset(token)
 
 
 def parse(text: str, file: str | None = None) -> A.Script:
     """Parse PopQL text into a :class:`popql.ast.Script`; raise PopQLError on a syntax error."""
+    token = _current_text.set(text)
     try:
         tree = parser().parse(text)
     except LarkError as exc:
@@ -63,13 +119,18 @@ def parse(text: str, file: str | None = None) -> A.Script:
 
         diag = from_lark(exc, text, file, terminals=terminal_display())
         raise PopQLError((diag,), source=text, file=file) from None
+    finally:
+        _current_text.reset(token)
     try:
         script = _Builder(text).transform(tree)
     except VisitError as exc:
         inner = exc.orig_exc
         if isinstance(inner, PopQLError):
-            raise PopQLError(inner.diagnostics, source=text, file=file) from None
-        raise
+            diags = tuple(d.with_file(file) if file else d for d in inner.diagnostics)
+            raise PopQLError(diags, source=text, file=file) from None
+        from popql.diagnostics import internal_error
+
+        raise PopQLError(internal_error(inner, text, None, file), source=text, file=file) from None
     assert isinstance(script, A.Script)
     return script
 
@@ -153,7 +214,13 @@ def _handler(fn: _Handler) -> _Handler:
     """Wrap a builder method so that it receives (meta, children) and stamps the span."""
 
     def wrapper(self: _Builder, meta: Meta, children: list[Any]) -> Any:
-        node = fn(self, children)
+        try:
+            node = fn(self, children)
+        except PopQLError as err:
+            span = _span(meta, self.text)
+            raise PopQLError(
+                tuple(d if d.span else replace(d, span=span) for d in err.diagnostics)
+            ) from None
         if isinstance(node, A.Node) and node.span is None:
             object.__setattr__(node, "span", _span(meta, self.text))
         return node
@@ -617,6 +684,27 @@ class _Builder(Transformer):
 
     @_handler
     def search_options(self, c: list[Any]) -> A.SearchOptions:
+        kinds = [x.kind for x in c if isinstance(x, _Clause)]
+        for kind in set(kinds):
+            if kinds.count(kind) > 1 or (
+                kind in ("top_k", "threshold") and {"top_k", "threshold"} <= set(kinds)
+            ):
+                word = {
+                    "top_k": "TOP",
+                    "threshold": "THRESHOLD",
+                    "using": "USING",
+                    "exact": "EXACT",
+                }[kind]
+                raise PopQLError(
+                    (
+                        Diagnostic(
+                            "P001",
+                            f"{word} given twice, or TOP together with THRESHOLD",
+                            None,
+                            hints=("a search takes one membership form: TOP k or THRESHOLD t",),
+                        ),
+                    )
+                )
         cl = _clauses(c)
         return A.SearchOptions(
             using=cl.get("using", ()),
@@ -733,37 +821,25 @@ class _Builder(Transformer):
     def subscript(self, c: list[Any]) -> A.Subscript:
         return A.Subscript(c[0], c[1])
 
-    @v_args(meta=True)
-    def slice(self, meta: Meta, c: list[Any]) -> A.Slice:
-        # Which of start/stop/step are present is decided by the colons in the source text.
-        text = self.text[meta.start_pos : meta.end_pos]
-        operand = c[0]
-        inner_start = operand.span.end - meta.start_pos if operand.span else 0
-        inner = text[inner_start:]
-        parts: list[A.Expr | None] = []
-        rest = list(c[1:])
-        # Split the bracket body on top-level colons to know which parts are empty.
-        depth, current_empty, seen = 0, True, 0
-        body = inner[inner.index("[") + 1 : inner.rindex("]")]
-        segments: list[bool] = []
-        for ch in body:
-            if ch in "([{":
-                depth += 1
-            elif ch in ")]}":
-                depth -= 1
-            if ch == ":" and depth == 0:
-                segments.append(current_empty)
-                current_empty = True
-                seen += 1
-            elif not ch.isspace():
-                current_empty = False
-        segments.append(current_empty)
-        for empty in segments:
-            parts.append(None if empty else rest.pop(0))
-        while len(parts) < 3:
-            parts.append(None)
-        node = A.Slice(operand, parts[0], parts[1], parts[2], has_step=len(segments) == 3)
-        return self._stamp(meta, node)  # type: ignore[return-value]
+    @_handler
+    def slice(self, c: list[Any]) -> A.Slice:
+        parts = {x.kind: x.value for x in c[1:] if isinstance(x, _Clause)}
+        # The step's colon is present when the source has two colons inside the brackets.
+        return A.Slice(
+            c[0], parts.get("start"), parts.get("stop"), parts.get("step"), has_step="step" in parts
+        )
+
+    @_handler
+    def slice_start(self, c: list[Any]) -> _Clause:
+        return _Clause("start", c[0])
+
+    @_handler
+    def slice_stop(self, c: list[Any]) -> _Clause:
+        return _Clause("stop", c[0])
+
+    @_handler
+    def slice_step(self, c: list[Any]) -> _Clause:
+        return _Clause("step", c[0])
 
     @_handler
     def field_access(self, c: list[Any]) -> A.Expr:
@@ -1479,20 +1555,25 @@ class _Builder(Transformer):
     def show_variable(self, c: list[Any]) -> A.Show:
         return A.Show("VARIABLE", target=".".join(_ident_text(x) for x in c))
 
-    @v_args(meta=True)
-    def show_create(self, meta: Meta, c: list[Any]) -> A.Show:
-        kind = "CREATE VIEW" if "VIEW" in self._text(meta).upper().split() else "CREATE TABLE"
-        return self._stamp(meta, A.Show(kind, name=c[-1].value))  # type: ignore[return-value]
+    @_handler
+    def show_create(self, c: list[Any]) -> A.Show:
+        return A.Show(f"CREATE {c[0].value}", name=c[-1].value)
 
-    @v_args(meta=True)
-    def describe_stmt(self, meta: Meta, c: list[Any]) -> A.Describe:
-        kw = self._text(meta).split()[0].upper()
-        return self._stamp(meta, A.Describe(c[-1].value, kw))  # type: ignore[return-value]
+    @_handler
+    def create_kind(self, c: list[Any]) -> _Clause:
+        return _Clause("create_kind", _upper_words(c))
 
-    @v_args(meta=True)
-    def describe_query(self, meta: Meta, c: list[Any]) -> A.Describe:
-        kw = self._text(meta).split()[0].upper()
-        return self._stamp(meta, A.Describe(c[-1], kw))  # type: ignore[return-value]
+    @_handler
+    def describe_stmt(self, c: list[Any]) -> A.Describe:
+        return A.Describe(c[-1].value, c[0].value)
+
+    @_handler
+    def describe_query(self, c: list[Any]) -> A.Describe:
+        return A.Describe(c[-1], c[0].value)
+
+    @_handler
+    def describe_kw(self, c: list[Any]) -> _Clause:
+        return _Clause("describe_kw", _upper_words(c))
 
     @_handler
     def copy_stmt(self, c: list[Any]) -> A.Copy:

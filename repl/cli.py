@@ -8,6 +8,8 @@
     popql check FILE... [--dataset DIR] [--register NAME=PATH ...] [--format text|json]
     popql check-dataset --dataset DIR [--deep] [--format text|json]
     popql vacuum --dataset DIR [--keep N] [--format text|json]
+    popql ingest SOURCE... --dataset DIR [--embedder SPEC|none] [--tagger NAME]... [--labels FILE]
+                 [--json] [--commit-every N] [--batch-size N]
 
 Also ``python -m popql.repl``. See :data:`EPILOG` for exit codes.
 """
@@ -209,6 +211,72 @@ def _build_parser() -> argparse.ArgumentParser:
         default="text",
         help="the report as a line of text, or as a JSON object",
     )
+
+    # -- popql ingest (engine/ingest.py) --
+    ing = command(
+        "ingest",
+        "add images to a dataset: hash, decode, tag, embed, index",
+        "Add the images of SOURCEs to the dataset DIR (created when missing): files whose "
+        "content is already a sample are skipped, new files are decoded, tagged and embedded, "
+        "and a tagger or embedder new to the dataset runs only on the samples it has not seen. "
+        "Bad files (corrupt, truncated, empty, not images, too large, unreadable) are recorded "
+        "in the table ingest_errors and skipped; they do not change the exit status. Work is "
+        "committed every --commit-every images, so an interrupted run can simply be run again. "
+        "A progress line is shown on stderr when it is a terminal.",
+    )
+    ing.add_argument(
+        "sources",
+        metavar="SOURCE",
+        nargs="+",
+        help="a folder (recursive), an image file, a quoted glob, or a URL prefix such as "
+        "s3://bucket/photos/ (S3-compatible stores: set AWS_ENDPOINT_URL)",
+    )
+    ing.add_argument("--dataset", metavar="DIR", required=True, help="the dataset directory")
+    ing.add_argument(
+        "--embedder",
+        metavar="SPEC",
+        default="default",
+        help="image/text embedder for similarity search: an open_clip spec such as "
+        "ViT-B-32:laion2b_s34b_b79k, local-dir:PATH, a registered name, or 'none' "
+        "(default: the default CLIP; when its weights are unavailable offline, ingest goes on "
+        "with tags only)",
+    )
+    ing.add_argument(
+        "--tagger",
+        metavar="NAME",
+        action="append",
+        dest="taggers",
+        help="a tagger to run (repeatable; default: image_stats, faces, imagenet; 'none': no "
+        "taggers)",
+    )
+    ing.add_argument(
+        "--labels",
+        metavar="FILE",
+        help="labels to import: CSV/JSON/Parquet keyed by sample_id or path, or COCO "
+        "instances JSON (stored as the table 'labels')",
+    )
+    ing.add_argument(
+        "--json",
+        dest="format",
+        action="store_const",
+        const="json",
+        default="text",
+        help="print a machine-readable summary (and diagnostics) as JSON on stdout",
+    )
+    ing.add_argument(
+        "--commit-every",
+        metavar="N",
+        type=_positive_int,
+        default=256,
+        help="commit a new dataset version every N processed images (default 256)",
+    )
+    ing.add_argument(
+        "--batch-size",
+        metavar="N",
+        type=_positive_int,
+        default=64,
+        help="decoded images handed to the models at once (default 64)",
+    )
     return parser
 
 
@@ -254,6 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_check_dataset(args)
         if args.command == "vacuum":
             return _cmd_vacuum(args)
+        if args.command == "ingest":
+            return _cmd_ingest(args)
         raise AssertionError(f"unhandled command {args.command!r}")  # pragma: no cover
     except KeyboardInterrupt:
         _flush_quietly()
@@ -437,6 +507,42 @@ def _cmd_vacuum(args: argparse.Namespace) -> int:
         _write_out(json.dumps(report.to_dict()) + "\n")
     else:
         _write_out(f"{args.dataset}: {report}\n")
+    return EXIT_OK
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    """``popql ingest``: progress and notes on stderr, the summary on stdout (text, or one
+    JSON object with --json)."""
+    from popql.engine.ingest import ingest
+
+    taggers: list[str] | str = "default"
+    if args.taggers:
+        taggers = [t for t in args.taggers if t.lower() != "none"]
+    as_json = args.format == "json"
+    embedder = None if args.embedder.lower() == "none" else args.embedder
+    try:
+        summary = ingest(
+            args.dataset,
+            args.sources,
+            taggers=taggers,
+            embedder=embedder,
+            labels=args.labels,
+            batch_size=args.batch_size,
+            commit_every=args.commit_every,
+            json=as_json,
+        )
+    except KeyboardInterrupt:
+        _print_err(
+            "popql ingest: interrupted; what was committed is kept, run the same command "
+            "again to finish"
+        )
+        raise
+    if as_json:
+        for note in summary.notes:
+            _print_err(f"popql ingest: {note}")
+        _write_out(summary.to_json() + "\n")
+    else:
+        _write_out(summary.text() + "\n")
     return EXIT_OK
 
 

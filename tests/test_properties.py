@@ -38,7 +38,7 @@ COMPARISONS = ("=", "==", "<>", "!=", "<", "<=", ">", ">=", "<=>")
 BINARY_OPS = tuple(sorted(BINARY_LEVEL)) + COMPARISONS
 
 _NAMES = ("a", "b", "c", "x1", "col_name", "uri", "score", "weather", "_hidden", "t2")
-_QUOTED_ALPHABET = st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")) | st.sampled_from(
+_QUOTED_ALPHABET = st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]) | st.sampled_from(
     ['"', " ", "\n"]
 )
 
@@ -57,7 +57,7 @@ numbers = st.one_of(
     st.sampled_from(["0.5", "1.0", ".25", "3.14159", "1e3", "2.5E-4", "0x1F"]),
 ).map(A.Number)
 _STRING_SEGMENT = st.text(
-    st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="'"),
+    st.characters(codec="utf-8", exclude_categories=["Cs"], exclude_characters="'"),
     max_size=8,
 )
 strings = st.lists(_STRING_SEGMENT, min_size=1, max_size=3).map(

@@ -33,8 +33,10 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import math
 import re
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,7 +189,10 @@ def read_exif(image: PILImage.Image) -> dict[str, Any]:
                 out[names.get(key, f"0x{key:04X}")] = plain
 
     put(exif, ExifTags.TAGS)
-    for ifd, names in ((ExifTags.IFD.Exif, ExifTags.TAGS), (ExifTags.IFD.GPSInfo, ExifTags.GPSTAGS)):
+    for ifd, names in (
+        (ExifTags.IFD.Exif, ExifTags.TAGS),
+        (ExifTags.IFD.GPSInfo, ExifTags.GPSTAGS),
+    ):
         try:
             sub = exif.get_ifd(ifd)
         except Exception:
@@ -211,9 +216,10 @@ def _plain(value: Any) -> Any:
         items = [_plain(v) for v in value]
         return None if any(v is None for v in items) else tuple(items)
     try:
-        return float(value)  # IFDRational and friends
+        number = float(value)  # IFDRational and friends
     except (TypeError, ValueError, ZeroDivisionError):
         return None
+    return number if math.isfinite(number) else None
 
 
 def exif_value(exif: Mapping[Any, Any], name: str, tag_id: int) -> Any:
@@ -311,9 +317,10 @@ def tag_table_name(t: Tagger) -> str:
 
 def tag_schema(t: Tagger) -> pa.Schema:
     """``sample_id`` (string) followed by the declared columns, all nullable."""
-    return pa.schema([pa.field("sample_id", pa.string(), nullable=False)] + [
-        pa.field(col, typ) for col, typ in t.columns.items()
-    ])
+    return pa.schema(
+        [pa.field("sample_id", pa.string(), nullable=False)]
+        + [pa.field(col, typ) for col, typ in t.columns.items()]
+    )
 
 
 def tagger_meta(t: Tagger) -> dict[str, Any]:
@@ -523,9 +530,7 @@ class TableTagger:
     counts them.
     """
 
-    def __init__(
-        self, name: str, version: str, table: pa.Table, *, batch_size: int = 1024
-    ) -> None:
+    def __init__(self, name: str, version: str, table: pa.Table, *, batch_size: int = 1024) -> None:
         _check_identity(name, version)
         if "sample_id" in table.column_names:
             key = "sample_id"
@@ -550,7 +555,7 @@ class TableTagger:
         if any(k is None for k in keys):
             raise _error("F003", f"tags for '{name}': NULL values in the key column '{key}'")
         if len(set(keys)) != len(keys):
-            dup = next(k for k in keys if keys.count(k) > 1)
+            dup = next(k for k, n in Counter(keys).items() if n > 1)
             raise _error("F003", f"tags for '{name}': duplicate {key} {dup!r}")
         rows = table.select(list(self.columns)).to_pylist()
         self._rows: dict[str, dict[str, Any]] = dict(zip(keys, rows, strict=True))

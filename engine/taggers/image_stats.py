@@ -109,16 +109,16 @@ def pixel_stats(arr: np.ndarray) -> dict[str, Any]:
     r, g, b = arr[..., 0], arr[..., 1], arr[..., 2]
     y = r * _LUMA[0] + g * _LUMA[1] + b * _LUMA[2]
     if y.shape[0] >= 3 and y.shape[1] >= 3:
-        lap = (
-            y[:-2, 1:-1] + y[2:, 1:-1] + y[1:-1, :-2] + y[1:-1, 2:] - 4.0 * y[1:-1, 1:-1]
-        )
+        lap = y[:-2, 1:-1] + y[2:, 1:-1] + y[1:-1, :-2] + y[1:-1, 2:] - 4.0 * y[1:-1, 1:-1]
         sharpness = float(lap.var(dtype=np.float64))
     else:
         sharpness = 0.0
     rg = r - g
     yb = 0.5 * (r + g) - b
     colorfulness = math.hypot(float(rg.std(dtype=np.float64)), float(yb.std(dtype=np.float64)))
-    colorfulness += 0.3 * math.hypot(float(rg.mean(dtype=np.float64)), float(yb.mean(dtype=np.float64)))
+    colorfulness += 0.3 * math.hypot(
+        float(rg.mean(dtype=np.float64)), float(yb.mean(dtype=np.float64))
+    )
     hist = np.bincount(np.clip(np.rint(y), 0, 255).astype(np.uint8).ravel(), minlength=256)
     p = hist[hist > 0] / y.size
     entropy = float(-(p * np.log2(p)).sum()) + 0.0  # + 0.0 turns -0.0 into 0.0
@@ -143,11 +143,14 @@ def color_names(rgb: np.ndarray) -> np.ndarray:
     sat = np.where(mx > 0, chroma / np.maximum(mx, 1e-6), 0.0)
     r, g, b = x[:, 0], x[:, 1], x[:, 2]
     safe = np.maximum(chroma, 1e-6)
-    hue = np.where(
-        mx == r,
-        ((g - b) / safe) % 6.0,
-        np.where(mx == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0),
-    ) * 60.0
+    hue = (
+        np.where(
+            mx == r,
+            ((g - b) / safe) % 6.0,
+            np.where(mx == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0),
+        )
+        * 60.0
+    )
     index = {name: i for i, name in enumerate(PALETTE)}
     bounds = np.array([h for h, _ in _HUES], dtype=np.float32)
     hue_codes = np.array([index[n] for _, n in _HUES], dtype=np.int8)
