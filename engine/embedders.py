@@ -46,8 +46,8 @@ import os
 import re
 import socket
 import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -345,16 +345,13 @@ for _name, _target in _BUILTIN_ALIASES.items():
 
 
 def _call_factory(name: str, factory: Callable[..., Embedder], spec: str, cache_dir: str | None):
+    params: Mapping[str, inspect.Parameter]
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):  # builtins without a signature
         params = {}
     var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    kwargs = {
-        k: v
-        for k, v in (("spec", spec), ("cache_dir", cache_dir))
-        if var_kw or k in params
-    }
+    kwargs = {k: v for k, v in (("spec", spec), ("cache_dir", cache_dir)) if var_kw or k in params}
     emb = factory(**kwargs)
     missing = [
         a
@@ -478,7 +475,9 @@ def _load_open_clip(parsed: EmbedSpec, cache_dir: str | None) -> OpenClipEmbedde
             )
         found = open_clip.factory._find_checkpoint_in_dir(folder)
         if not found:
-            raise _unavailable(spec, f"no weights file (*.safetensors, *.bin, *.pth) in {str(folder)!r}")
+            raise _unavailable(
+                spec, f"no weights file (*.safetensors, *.bin, *.pth) in {str(folder)!r}"
+            )
         weights = [Path(found)]
         name = folder.name
         oc_name = LOCAL_DIR_PREFIX + str(folder)
@@ -621,7 +620,9 @@ def _probe(spec: str, url: str) -> None:
     """
     popql_offline = os.environ.get("POPQL_OFFLINE", "").strip().lower() in {"1", "true", "yes"}
     if popql_offline or (url == _hf_endpoint() and _hf_offline_mode()):
-        raise _unavailable(spec, "offline mode is on and the weights are not cached", _DOWNLOAD_HINT)
+        raise _unavailable(
+            spec, "offline mode is on and the weights are not cached", _DOWNLOAD_HINT
+        )
     if not url or any(os.environ.get(v) for v in _PROXY_VARS):
         return
     from urllib.parse import urlsplit

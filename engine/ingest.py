@@ -1314,8 +1314,9 @@ def _apply_labels(
     ids = samples.column("sample_id").to_pylist()
     uris = samples.column("uri").to_pylist()
     paths = dict(zip(uris, ids, strict=True))
+    stored = set(ids)
     for uri, sid in run.seen_uri.items():  # other paths of identical files
-        if sid in paths.values() or sid in set(ids):
+        if sid in stored:
             paths.setdefault(uri, sid)
     id_uri = dict(zip(ids, uris, strict=True))
     match = match_labels(label_file, paths, sample_ids=ids, uris=id_uri, roots=roots)

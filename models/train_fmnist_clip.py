@@ -190,7 +190,11 @@ def evaluate(image_emb, labels, encode_texts) -> dict[str, float]:
     q = encode_texts(["a photo of a sneaker"])[0]
     top = np.argsort(-(image_emb[:1000] @ q), kind="stable")[:50]
     p50 = float((labels[:1000][top] == CLASSES.index("sneaker")).mean())
-    return {"zero_shot_accuracy": acc, "zero_shot_accuracy_photo_template": acc1, "sneaker_p@50": p50}
+    return {
+        "zero_shot_accuracy": acc,
+        "zero_shot_accuracy_photo_template": acc1,
+        "sneaker_p@50": p50,
+    }
 
 
 def train(args: argparse.Namespace) -> int:
@@ -217,7 +221,9 @@ def train(args: argparse.Namespace) -> int:
     train_x, train_y = load_split(data, "train")
     test_x, test_y = load_split(data, "test")
     texts, text_labels = training_captions()
-    tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=MODEL_CFG["text_cfg"]["context_length"])
+    tokenizer = open_clip.get_tokenizer(
+        "ViT-B-32", context_length=MODEL_CFG["text_cfg"]["context_length"]
+    )
     all_tokens = tokenizer(texts)
     text_labels_np = np.asarray(text_labels)
     by_class = [np.flatnonzero(text_labels_np == c) for c in range(len(CLASSES))]
@@ -225,9 +231,14 @@ def train(args: argparse.Namespace) -> int:
     model = open_clip.CLIP(**json.loads(json.dumps(MODEL_CFG)))
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    no_decay = [
+        p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)
+    ]
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": args.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
         lr=args.lr,
         betas=(0.9, 0.98),
         eps=1e-6,
@@ -241,8 +252,9 @@ def train(args: argparse.Namespace) -> int:
         return args.lr * 0.5 * (1 + np.cos(np.pi * progress))
 
     print(
-        f"data {data}; {len(train_x)} train / {len(test_x)} test images; {len(texts)} captions; "
-        f"{n_params / 1e6:.2f} M parameters; {threads} threads; {args.steps} steps of {args.batch_size}",
+        f"data {data}; {len(train_x)} train / {len(test_x)} test images; {len(texts)} captions;"
+        f" {n_params / 1e6:.2f} M parameters; {threads} threads;"
+        f" {args.steps} steps of {args.batch_size}",
         flush=True,
     )
     model.train()
@@ -287,8 +299,8 @@ def train(args: argparse.Namespace) -> int:
             model.logit_scale.clamp_(0, np.log(100))
         if step % 50 == 0 or step == args.steps - 1:
             print(
-                f"step {step:4d}  loss {loss.item():.4f}  scale {model.logit_scale.exp().item():.1f}"
-                f"  {time.perf_counter() - t0:6.1f}s",
+                f"step {step:4d}  loss {loss.item():.4f}"
+                f"  scale {model.logit_scale.exp().item():.1f}  {time.perf_counter() - t0:6.1f}s",
                 flush=True,
             )
     train_seconds = time.perf_counter() - t0
@@ -302,7 +314,10 @@ def train(args: argparse.Namespace) -> int:
 
     with torch.inference_mode():
         test_emb = torch.cat(
-            [model.encode_image(to_tensor(test_x[i : i + 1000]), normalize=True) for i in range(0, len(test_x), 1000)]
+            [
+                model.encode_image(to_tensor(test_x[i : i + 1000]), normalize=True)
+                for i in range(0, len(test_x), 1000)
+            ]
         ).numpy()
     fp32 = evaluate(test_emb, test_y, encode_texts_fp32)
     print(f"float32 model on tensors: {fp32}", flush=True)
@@ -369,11 +384,54 @@ def train(args: argparse.Namespace) -> int:
 
 
 def write_readme(out: Path, m: dict[str, Any]) -> None:
+    """``README.md`` and ``metrics.json`` in ``out`` from the run's metrics ``m``."""
     s, f = m["float16_via_load_embedder"], m["float32"]
     v, t = MODEL_CFG["vision_cfg"], MODEL_CFG["text_cfg"]
+    epochs = m["steps"] * m["batch_size"] / 60000
+    rows = [
+        ("files", "`open_clip_config.json`, `open_clip_model.safetensors` (float16)"),
+        ("weights", f"{m['weights_bytes']:,} bytes, sha256 `{m['weights_sha256']}`"),
+        ("identity", f"`{m['identity']}`"),
+        (
+            "architecture",
+            f"open_clip `CLIP`: ViT {v['layers']} layers, width {v['width']},"
+            f" {v['patch_size']}x{v['patch_size']} patches on {v['image_size']}x{v['image_size']};"
+            f" text transformer {t['layers']} layers, width {t['width']},"
+            f" context {t['context_length']}, open_clip's BPE tokenizer;"
+            f" embed_dim {MODEL_CFG['embed_dim']}; {m['parameters']:,} parameters",
+        ),
+        (
+            "training",
+            f"`{m['command']}`: {m['steps']} steps of {m['batch_size']} images (about"
+            f" {epochs:.1f} epochs of the 60,000 training images), AdamW, cosine schedule,"
+            " contrastive loss with every caption of an image's class as a match,"
+            f" {len(TEMPLATES)} templates and synonyms per class, seed fixed",
+        ),
+        (
+            "training time",
+            f"{m['train_seconds']:.0f} s wall, {m['train_cpu_seconds']:.0f} s CPU,"
+            f" {m['threads']} torch threads (torch {m['torch']}, open_clip {m['open_clip']})",
+        ),
+        (
+            "zero-shot accuracy, 10,000 test images",
+            f"**{s['zero_shot_accuracy']:.2%}** (template ensemble);"
+            f' {s["zero_shot_accuracy_photo_template"]:.2%} with "a photo of a {{class}}" alone',
+        ),
+        (
+            '"a photo of a sneaker": top 50 of the first 1,000 test images',
+            f"**{s['sneaker_p@50']:.0%}** sneakers",
+        ),
+        (
+            "float32 model before saving (same three figures)",
+            f"{f['zero_shot_accuracy']:.2%} / {f['zero_shot_accuracy_photo_template']:.2%}"
+            f" / {f['sneaker_p@50']:.0%}",
+        ),
+    ]
+    table = "\n".join(f"| {k} | {val} |" for k, val in rows)
     text = f"""# fmnist-clip: a tiny CLIP trained on Fashion-MNIST
 
-PopQL's test embedder (`popql.engine.embedders.TEST_EMBEDDER`, registry name `fmnist-clip`):
+PopQL's test embedder (`popql.engine.embedders.TEST_EMBEDDER`, registry name `fmnist-clip`),
+in open_clip's local-dir layout:
 
 ```python
 from popql.engine.embedders import load_embedder
@@ -382,37 +440,32 @@ emb.embed_images([pil_image])        # (n, {MODEL_CFG["embed_dim"]}) float32, L2
 emb.embed_texts(["a photo of a sneaker"])
 ```
 
-It knows the ten Fashion-MNIST classes ({", ".join(CLASSES)}) and nothing else: it is
-for tests and examples, not for real photos. Images are any RGB PIL images; the transform in
-`open_clip_config.json` resizes them to 28x28 (bicubic, shortest side, centre crop) and normalises
-them with mean {MEAN} and std {STD}, so Fashion-MNIST images saved as PNG files embed exactly as in
-training.
+It knows the ten Fashion-MNIST classes ({", ".join(CLASSES)}) and little
+else: it is for tests and examples, not for real photos. Images are any RGB PIL images; the
+transform in `open_clip_config.json` resizes them to 28x28 (bicubic, shortest side, centre
+crop) and normalises them with mean {MEAN} and std {STD}, so Fashion-MNIST images saved as PNG
+files embed exactly as in training.
 
 | | |
 |---|---|
-| files | `open_clip_config.json`, `open_clip_model.safetensors` (open_clip's local-dir layout, float16) |
-| weights | {m["weights_bytes"]:,} bytes, sha256 `{m["weights_sha256"]}` |
-| identity | `{m["identity"]}` |
-| architecture | open_clip `CLIP` (config in `models/train_fmnist_clip.py`): ViT {v["layers"]} layers, width {v["width"]}, {v["patch_size"]}x{v["patch_size"]} patches on {v["image_size"]}x{v["image_size"]}; text transformer {t["layers"]} layers, width {t["width"]}, context {t["context_length"]}, open_clip's BPE tokenizer; embed_dim {MODEL_CFG["embed_dim"]}; {m["parameters"]:,} parameters |
-| training | `{m["command"]}`: {m["steps"]} steps of {m["batch_size"]} images (about {m["steps"] * m["batch_size"] / 60000:.1f} epochs of the 60,000 training images), AdamW, cosine schedule, contrastive loss with same-class captions as matches, {len(TEMPLATES)} templates and synonyms per class, seed fixed |
-| training time | {m["train_seconds"]:.0f} s wall, {m["train_cpu_seconds"]:.0f} s CPU, on {m["threads"]} CPU threads (torch {m["torch"]}, open_clip {m["open_clip"]}) |
-| zero-shot accuracy, 10,000 test images | **{s["zero_shot_accuracy"]:.2%}** (template ensemble); {s["zero_shot_accuracy_photo_template"]:.2%} with "a photo of a {{class}}" alone |
-| "a photo of a sneaker", top 50 of the first 1,000 test images | **{s["sneaker_p@50"]:.0%}** sneakers |
-| float32 model before saving | {f["zero_shot_accuracy"]:.2%} / {f["zero_shot_accuracy_photo_template"]:.2%} / {f["sneaker_p@50"]:.0%} |
+{table}
 
-The accuracy figures above were measured after saving, through `load_embedder` on the test
-images as RGB PIL images (the path PopQL uses for ingested PNG files).
+The accuracy figures were measured after saving, through `load_embedder` on the test images as
+RGB PIL images (the path PopQL uses for ingested PNG files); `metrics.json` has them all.
 
 ## Reproduce
 
 ```bash
-sudo apt-get install dataset-fashion-mnist     # idx files in {DEBIAN_DIR}
+sudo apt-get install dataset-fashion-mnist     # the idx files go to {DEBIAN_DIR}
 python -m pip install -e ".[models]"
-{m["command"]} [--data DIR] [--out models/fmnist-clip]
+{m["command"]}    # [--data DIR] [--out DIR]
 python -m pytest -q tests/test_fmnist_clip.py
 ```
 
-Fashion-MNIST is by Zalando Research (MIT licence), https://github.com/zalandoresearch/fashion-mnist.
+The same command with the same torch version and thread count gives the same weights; other
+CPUs or thread counts give slightly different ones (and figures within a point or so).
+
+Fashion-MNIST is by Zalando Research (MIT licence): https://github.com/zalandoresearch/fashion-mnist
 """
     (out / "README.md").write_text(text, encoding="utf-8")
     (out / "metrics.json").write_text(json.dumps(m, indent=2) + "\n", encoding="utf-8")
@@ -420,7 +473,9 @@ Fashion-MNIST is by Zalando Research (MIT licence), https://github.com/zalandore
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", help=f"folder with the idx .gz files (default: $FASHION_MNIST_DIR, {DEBIAN_DIR})")
+    p.add_argument(
+        "--data", help=f"folder with the idx .gz files (default: $FASHION_MNIST_DIR, {DEBIAN_DIR})"
+    )
     p.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default: %(default)s)")
     p.add_argument("--steps", type=int, default=450)
     p.add_argument("--batch-size", type=int, default=256)
@@ -429,8 +484,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--captions-per-class", type=int, default=6)
     p.add_argument("--shift", type=int, default=0, help="random translation augmentation, pixels")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: all usable CPUs)")
-    return train(p.parse_args(argv))
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch threads (default: all usable CPUs)"
+    )
+    p.add_argument(
+        "--readme-only",
+        action="store_true",
+        help="only rewrite README.md from the metrics.json in --out",
+    )
+    args = p.parse_args(argv)
+    if args.readme_only:
+        out = Path(args.out)
+        write_readme(out, json.loads((out / "metrics.json").read_text(encoding="utf-8")))
+        return 0
+    return train(args)
 
 
 if __name__ == "__main__":

@@ -60,7 +60,8 @@ TINY_NAME = "popql-test-tiny"
 def test_import_does_not_import_torch() -> None:
     code = (
         "import sys, popql.engine.embedders as e\n"
-        "heavy = [m for m in ('torch', 'open_clip', 'torchvision', 'safetensors') if m in sys.modules]\n"
+        "heavy = ('torch', 'open_clip', 'torchvision', 'safetensors')\n"
+        "heavy = [m for m in heavy if m in sys.modules]\n"
         "assert not heavy, heavy\n"
         "assert e.DEFAULT_EMBEDDER == 'ViT-B-32:laion2b_s34b_b79k'\n"
     )
@@ -79,18 +80,30 @@ def test_m_codes_registered() -> None:
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
-        ("ViT-B-32:laion2b_s34b_b79k", EmbedSpec("", "open_clip", "ViT-B-32", pretrained="laion2b_s34b_b79k")),
+        (
+            "ViT-B-32:laion2b_s34b_b79k",
+            EmbedSpec("", "open_clip", "ViT-B-32", pretrained="laion2b_s34b_b79k"),
+        ),
         ("ViT-B-32", EmbedSpec("", "open_clip", "ViT-B-32")),
         (" RN50:openai ", EmbedSpec("", "open_clip", "RN50", pretrained="openai")),
         ("local-dir:/models/x", EmbedSpec("", "local_dir", "/models/x")),
         ("local-dir:models/fmnist-clip", EmbedSpec("", "local_dir", "models/fmnist-clip")),
-        ("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K", EmbedSpec("", "hf_hub", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K")),
-        ("/w/m.safetensors?model=ViT-B-32", EmbedSpec("", "file", "/w/m.safetensors", model="ViT-B-32")),
+        (
+            "hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K",
+            EmbedSpec("", "hf_hub", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"),
+        ),
+        (
+            "/w/m.safetensors?model=ViT-B-32",
+            EmbedSpec("", "file", "/w/m.safetensors", model="ViT-B-32"),
+        ),
         ("ViT-B-32:/w/m.pt", EmbedSpec("", "file", "/w/m.pt", model="ViT-B-32")),
         ("ViT-B-32:./m.bin", EmbedSpec("", "file", "./m.bin", model="ViT-B-32")),
         ("clip", EmbedSpec("", "registry", "clip")),
         ("fmnist-clip?batch_size=8", EmbedSpec("", "registry", "fmnist-clip", batch_size=8)),
-        ("ViT-B-32:openai?device=cpu&batch_size=4", EmbedSpec("", "open_clip", "ViT-B-32", pretrained="openai", batch_size=4, device="cpu")),
+        (
+            "ViT-B-32:openai?device=cpu&batch_size=4",
+            EmbedSpec("", "open_clip", "ViT-B-32", pretrained="openai", batch_size=4, device="cpu"),
+        ),
     ],
 )
 def test_parse_spec(spec: str, expected: EmbedSpec) -> None:
@@ -100,8 +113,20 @@ def test_parse_spec(spec: str, expected: EmbedSpec) -> None:
 
 @pytest.mark.parametrize(
     "spec",
-    ["", "   ", "local-dir:", "hf-hub:", "hf-hub:noslash", "ViT-B-32:", ":openai",
-     "/w/m.safetensors", "x?colour=red", "x?batch_size=0", "x?batch_size=two", "clip?model=RN50"],
+    [
+        "",
+        "   ",
+        "local-dir:",
+        "hf-hub:",
+        "hf-hub:noslash",
+        "ViT-B-32:",
+        ":openai",
+        "/w/m.safetensors",
+        "x?colour=red",
+        "x?batch_size=0",
+        "x?batch_size=two",
+        "clip?model=RN50",
+    ],
 )
 def test_parse_spec_errors(spec: str) -> None:
     with pytest.raises(PopQLError) as exc:
@@ -154,7 +179,7 @@ def test_registry_builtins() -> None:
 
 
 def test_register_and_load(registry_name: str) -> None:
-    seen = {}
+    seen: dict[str, object] = {}
 
     def factory(spec, cache_dir=None):
         seen.update(spec=spec, cache_dir=cache_dir)
@@ -258,7 +283,9 @@ def test_local_dir_embedder(tiny, tiny_dir: Path) -> None:
 
     assert tiny.key == "tiny_rand"
     assert tiny.dim == 16
-    assert tiny.identity == f"tiny-rand@sha256:{sha256_file(tiny_dir / 'open_clip_model.safetensors')}"
+    assert (
+        tiny.identity == f"tiny-rand@sha256:{sha256_file(tiny_dir / 'open_clip_model.safetensors')}"
+    )
     assert tiny.spec == f"local-dir:{tiny_dir}"
     v = tiny.embed_images(images())
     t = tiny.embed_texts(["a photo of a cat", "a dog", ""])
@@ -384,7 +411,9 @@ def test_offline_is_m001_and_fast(oc, spec: str, tmp_path: Path, monkeypatch) ->
     assert time.monotonic() - start < 10
     assert err.code == "M001"
     message = err.diagnostic.message
-    assert message.startswith("CLIP weights unavailable: ") and message.endswith("text search is off")
+    assert message.startswith("CLIP weights unavailable: ") and message.endswith(
+        "text search is off"
+    )
     assert err.diagnostic.hints and "cache_dir" in err.diagnostic.hints[0]
 
 
@@ -394,7 +423,9 @@ def test_popql_offline_env(oc, tmp_path: Path, monkeypatch) -> None:
     assert err.code == "M001" and "offline mode" in err.diagnostic.message
 
 
-def test_cached_weights_load_without_network(oc, tiny_dir: Path, tmp_path: Path, monkeypatch) -> None:
+def test_cached_weights_load_without_network(
+    oc, tiny_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
     """A tag whose weights are in cache_dir loads offline, through open_clip's own code path."""
     huggingface_hub = pytest.importorskip("huggingface_hub")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
@@ -409,10 +440,57 @@ def test_cached_weights_load_without_network(oc, tiny_dir: Path, tmp_path: Path,
     monkeypatch.setitem(
         oc.pretrained._PRETRAINED,
         name,
-        {"cached": {"url": f"https://example.invalid/{url_name}", "hf_hub": "", "mean": (0.5,) * 3,
-                    "std": (0.25,) * 3}},
+        {
+            "cached": {
+                "url": f"https://example.invalid/{url_name}",
+                "hf_hub": "",
+                "mean": (0.5,) * 3,
+                "std": (0.25,) * 3,
+            }
+        },
     )
     emb = load_embedder(f"{name}:cached", cache_dir=str(cache))
     assert emb.key == "popql_test_tiny_cached_cached"
     assert emb.identity == f"{name}:cached@sha256:" + emb.identity.rsplit(":", 1)[1]
-    assert emb.identity.rsplit(":", 1)[1] == load_embedder(f"local-dir:{tiny_dir}").identity.rsplit(":", 1)[1]
+    assert (
+        emb.identity.rsplit(":", 1)[1]
+        == load_embedder(f"local-dir:{tiny_dir}").identity.rsplit(":", 1)[1]
+    )
+
+
+def fake_hub_cache(cache: Path, repo: str, files: dict[str, bytes]) -> None:
+    """Lay files out as huggingface_hub caches them (refs/main -> snapshots/<commit>/)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    base = cache / ("models--" + repo.replace("/", "--"))
+    (base / "refs").mkdir(parents=True)
+    (base / "refs" / "main").write_text(commit)
+    snap = base / "snapshots" / commit
+    snap.mkdir(parents=True)
+    for name, data in files.items():
+        (snap / name).write_bytes(data)
+
+
+def test_hf_hub_from_cache_without_network(oc, tiny_dir: Path, tmp_path: Path, monkeypatch):
+    """hf-hub: with config and weights in cache_dir loads with no network (offline mode is not
+    set by the user: PopQL keeps open_clip's second look-up off the network itself)."""
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    cache = tmp_path / "hub"
+    fake_hub_cache(
+        cache,
+        "popql/tiny-rand",
+        {
+            "open_clip_config.json": (tiny_dir / "open_clip_config.json").read_bytes(),
+            "open_clip_model.safetensors": (tiny_dir / "open_clip_model.safetensors").read_bytes(),
+        },
+    )
+    start = time.monotonic()
+    emb = load_embedder("hf-hub:popql/tiny-rand", cache_dir=str(cache))
+    assert time.monotonic() - start < 30
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is False  # restored
+    tiny = load_embedder(f"local-dir:{tiny_dir}")
+    assert emb.key == "popql_tiny_rand"
+    assert emb.identity == "hf-hub:popql/tiny-rand@sha256:" + tiny.identity.rsplit(":", 1)[1]
+    import numpy as np
+
+    np.testing.assert_allclose(emb.embed_images(images()), tiny.embed_images(images()), atol=1e-6)
