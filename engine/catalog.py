@@ -16,7 +16,7 @@ functions appear as soon as they are registered.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -96,6 +96,18 @@ class DataFusionCatalog:
         return sorted(names)
 
     # -- extras -------------------------------------------------------------------------------
+
+    version_resolver: Any = None  # set by a Session over a versioned dataset
+
+    def versioned_table(self, name: str, version: int, span: Any = None) -> str:
+        """Register ``name`` as it was at dataset version ``version``; return its name."""
+        if self.version_resolver is None:
+            from popql.diagnostics import Diagnostic, PopQLError
+
+            raise PopQLError(
+                Diagnostic("D006", "AS OF VERSION needs a versioned dataset", span)
+            )
+        return str(self.version_resolver(name, version, span))
 
     def query_columns(self, sql: str) -> list[tuple[str, pa.DataType]]:
         """Output columns of a query, planned by DataFusion without running it (for typing

@@ -11,7 +11,7 @@ spec                                       meaning
 =========================================  ======================================================
 ``ViT-B-32:laion2b_s34b_b79k``             an open_clip model and pretrained tag (downloaded
                                            once into ``cache_dir``, then offline)
-``ViT-B-32``                               the same model with its first pretrained tag
+``ViT-B-32``                               the model with its default tag (see below)
 ``local-dir:/path/to/dir``                 open_clip's local-dir layout: ``open_clip_config.json``
                                            and ``open_clip_model.safetensors``; a relative path
                                            is taken from the working directory, else from the
@@ -22,6 +22,9 @@ spec                                       meaning
 ``clip``, ``fmnist-clip``, user names      registry entries (:func:`register_embedder`)
 =========================================  ======================================================
 
+A bare model name loads ``laion2b_s34b_b79k`` for ViT-B-32, else the model's first tag trained
+with the model's own activation. Tags trained with QuickGELU (OpenAI's) get a QuickGELU model.
+
 Options may follow a ``?``: ``model=NAME``, ``batch_size=N``, ``device=cpu|cuda``. The device
 defaults to ``$POPQL_DEVICE``, else CUDA when available, else the CPU (with as many torch
 threads as this process may use: ``$POPQL_NUM_THREADS`` or the CPU affinity mask).
@@ -31,7 +34,10 @@ Thresholds and stored vectors are only comparable between equal identities.
 
 When the weights cannot be had (offline and not cached, a missing file or folder) loading
 raises a :class:`~popql.diagnostics.PopQLError` with code ``M001`` ("CLIP weights unavailable:
-...; text search is off"), so callers can carry on without similarity search.
+...; text search is off"), so callers can carry on without similarity search. Cached weights
+load without touching the network; a download is tried only when they are not cached, and fails
+at once (no minutes of retries) with ``POPQL_OFFLINE=1`` or ``HF_HUB_OFFLINE=1`` or when the
+host does not answer one connection attempt within 5 s (skipped when a proxy is configured).
 
 This module imports neither torch nor open_clip nor numpy at import time; they are imported
 inside the functions that need them (``pip install -e ".[models]"``).
@@ -462,6 +468,7 @@ def _load_open_clip(parsed: EmbedSpec, cache_dir: str | None) -> OpenClipEmbedde
     weights: list[Path]
     pretrained: str | None = None
     offline = False  # True when everything is cached: open_clip must not touch the network
+    quick_gelu = False
     if parsed.kind == "local_dir":
         folder = _resolve_local(parsed.name)
         if not folder.is_dir():
@@ -525,7 +532,7 @@ def _load_open_clip(parsed: EmbedSpec, cache_dir: str | None) -> OpenClipEmbedde
                     f"open_clip model {model!r} has no pretrained weights",
                     "name a checkpoint: 'MODEL:/path/weights.safetensors'",
                 )
-            tag = tags[0]
+            tag = _default_tag(model, tags)
         elif tag not in tags:
             raise _unknown(
                 f"unknown pretrained tag {tag!r} for open_clip model {model!r}",
@@ -533,6 +540,7 @@ def _load_open_clip(parsed: EmbedSpec, cache_dir: str | None) -> OpenClipEmbedde
                 f"tags for {model}: {', '.join(tags)}" if tags else "",
             )
         cfg = open_clip.pretrained.get_pretrained_cfg(model, tag)
+        quick_gelu = bool(cfg.get("quick_gelu"))  # e.g. OpenAI's weights (as open_clip advises)
         found = _cached_pretrained(cfg, cache_dir)
         if found:
             offline = True
@@ -563,6 +571,7 @@ def _load_open_clip(parsed: EmbedSpec, cache_dir: str | None) -> OpenClipEmbedde
                 cache_dir=cache_dir,
                 device="cpu",
                 weights_only=True,
+                force_quick_gelu=quick_gelu,
             )
             tokenizer = open_clip.get_tokenizer(oc_name, cache_dir=cache_dir)
     except (OSError, ConnectionError) as exc:
@@ -711,6 +720,24 @@ def _hub_offline(offline: bool) -> Iterator[None]:
             yield
         finally:
             constants.HF_HUB_OFFLINE = before
+
+
+#: The tag a bare model name means when the model has a well-known default.
+_DEFAULT_TAGS = {"ViT-B-32": "laion2b_s34b_b79k"}
+
+
+def _default_tag(model: str, tags: Sequence[str]) -> str:
+    """The tag a bare ``MODEL`` spec loads: the known default, else the first tag trained with
+    the model's own activation (QuickGELU or not), else the first tag."""
+    import open_clip
+
+    if _DEFAULT_TAGS.get(model) in tags:
+        return _DEFAULT_TAGS[model]
+    own = bool((open_clip.get_model_config(model) or {}).get("quick_gelu"))
+    for tag in tags:
+        if bool(open_clip.pretrained.get_pretrained_cfg(model, tag).get("quick_gelu")) == own:
+            return tag
+    return tags[0]
 
 
 def _short(exc: BaseException) -> str:

@@ -59,6 +59,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -208,6 +209,7 @@ class Session:
         self._config = config
         self.ctx: datafusion.SessionContext = datafusion.SessionContext(config)
         self.catalog: DataFusionCatalog = DataFusionCatalog(self.ctx)
+        self.catalog.version_resolver = self._versioned_table
         self.path: Path | None = None
         self.dataset: Dataset | None = None
         self.snapshot: Snapshot | None = None
@@ -566,7 +568,44 @@ class Session:
         taken = {n.lower() for n in self._from_dir}
         self._register_tables_dir(root, create=False, taken=taken)
 
-    def _register_samples_view(self, snapshot: Snapshot) -> None:
+    def _versioned_table(self, name: str, version: int, span: Any = None) -> str:
+        """``FROM name AS OF VERSION n``: register that snapshot's ``name`` as ``name@vN``."""
+        if self.dataset is None:
+            raise PopQLError(
+                Diagnostic(
+                    "D006",
+                    "AS OF VERSION needs a versioned dataset (popql.connect(DIR) on a directory"
+                    " that `popql ingest` wrote)",
+                    span,
+                )
+            )
+        try:
+            snapshot = self.dataset.snapshot(version)
+        except PopQLError as err:
+            raise PopQLError(tuple(replace(d, span=d.span or span) for d in err.diagnostics))
+        suffix = f"@v{version}"
+        registered = f"{name}{suffix}"
+        if self.ctx.catalog().schema().table_exist(registered):
+            return registered
+        for table in snapshot.table_names():
+            reg = (SAMPLES_TABLE if table == "samples" else table) + suffix
+            self.ctx.register_dataset(quote_identifier(reg), snapshot.dataset(table))
+        if name == "samples":
+            self._register_samples_view(snapshot, suffix=suffix, track=False)
+        elif name not in snapshot.table_names():
+            raise PopQLError(
+                Diagnostic(
+                    "N001",
+                    f"version {version} of the dataset has no table '{name}'",
+                    span,
+                    hints=(f"its tables: samples, {', '.join(snapshot.table_names())}",),
+                )
+            )
+        return registered
+
+    def _register_samples_view(
+        self, snapshot: Snapshot, suffix: str = "", *, track: bool = True
+    ) -> None:
         columns = samples_view_columns(snapshot)
         aliases: dict[str, str] = {"samples": "s"}
         for col in columns:
@@ -577,11 +616,15 @@ class Session:
             for c in columns
         )
         joins = "".join(
-            f" LEFT JOIN {quote_identifier(table)} AS {alias} ON {alias}.sample_id = s.sample_id"
+            f" LEFT JOIN {quote_identifier(table + suffix)} AS {alias}"
+            f" ON {alias}.sample_id = s.sample_id"
             for table, alias in aliases.items()
             if table != "samples"
         )
-        sql = f"SELECT {select} FROM {quote_identifier(SAMPLES_TABLE)} AS s{joins}"
+        sql = f"SELECT {select} FROM {quote_identifier(SAMPLES_TABLE + suffix)} AS s{joins}"
+        if not track:
+            self.ctx.register_view(quote_identifier("samples" + suffix), self.ctx.sql(sql))
+            return
         self._replace("samples")
         self.ctx.register_view(quote_identifier("samples"), self.ctx.sql(sql))
         self._from_dir["samples"] = {

@@ -368,6 +368,7 @@ def train(args: argparse.Namespace) -> int:
         "train_seconds": round(train_seconds, 1),
         "train_cpu_seconds": round(train_cpu_seconds, 1),
         "threads": threads,
+        "cpu": cpu_name(),
         "torch": torch.__version__,
         "open_clip": open_clip.__version__,
         "parameters": n_params,
@@ -381,6 +382,19 @@ def train(args: argparse.Namespace) -> int:
     write_readme(out, metrics)
     print(json.dumps(metrics, indent=2))
     return 0
+
+
+def cpu_name() -> str:
+    """The CPU model, for the record (Linux), else the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
 
 
 def write_readme(out: Path, m: dict[str, Any]) -> None:
@@ -410,7 +424,8 @@ def write_readme(out: Path, m: dict[str, Any]) -> None:
         (
             "training time",
             f"{m['train_seconds']:.0f} s wall, {m['train_cpu_seconds']:.0f} s CPU,"
-            f" {m['threads']} torch threads (torch {m['torch']}, open_clip {m['open_clip']})",
+            f" {m['threads']} torch threads on {m.get('cpu', 'a CPU')}"
+            f" (torch {m['torch']}, open_clip {m['open_clip']})",
         ),
         (
             "zero-shot accuracy, 10,000 test images",

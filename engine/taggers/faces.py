@@ -82,7 +82,7 @@ def _box(x0: float, y0: float, x1: float, y1: float, score: float, w: int, h: in
     """A face box normalised to 0..1 and clipped to the image."""
 
     def clip(v: float) -> float:
-        return min(1.0, max(0.0, v))
+        return min(1.0, max(0.0, float(v)))
 
     return {
         "x0": clip(x0 / w),
