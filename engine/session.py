@@ -582,7 +582,8 @@ class Session:
         try:
             snapshot = self.dataset.snapshot(version)
         except PopQLError as err:
-            raise PopQLError(tuple(replace(d, span=d.span or span) for d in err.diagnostics))
+            diags = tuple(replace(d, span=d.span or span) for d in err.diagnostics)
+            raise PopQLError(diags) from None
         suffix = f"@v{version}"
         registered = f"{name}{suffix}"
         if self.ctx.catalog().schema().table_exist(registered):

@@ -15,8 +15,8 @@ front end needs neither pyarrow nor DataFusion.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from popql import ast as A

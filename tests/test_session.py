@@ -19,6 +19,8 @@ import pyarrow.feather as feather
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
+
+from popql.diagnostics import PopQLError, render
 from popql.engine import DataFusionCatalog, Result, ResultConsumedError, Session, connect
 from popql.engine.errors import (
     clean_message,
@@ -31,8 +33,6 @@ from popql.engine.errors import (
 )
 from popql.engine.result import format_table, format_value
 from popql.engine.session import quote_identifier, read_source
-
-from popql.diagnostics import PopQLError, render
 
 SAMPLE = pa.table({"id": [1, 2, 3], "label": ["cat", "dog", None]})
 
