@@ -76,7 +76,7 @@ def make_corpus(n: int, size: tuple[int, int], folder: Path) -> list[Path]:
     from PIL import Image, ImageOps
 
     marker = folder / ".complete"
-    files = sorted(folder.glob("*.jpg"))
+    files = sorted(folder.rglob("*.jpg"))
     if marker.is_file() and len(files) == n:
         return files
     shutil.rmtree(folder, ignore_errors=True)

@@ -450,16 +450,18 @@ in open_clip's local-dir layout:
 
 ```python
 from popql.engine.embedders import load_embedder
-emb = load_embedder("local-dir:models/fmnist-clip")   # or load_embedder("fmnist-clip")
-emb.embed_images([pil_image])        # (n, {MODEL_CFG["embed_dim"]}) float32, L2-normalised
+
+emb = load_embedder("local-dir:models/fmnist-clip")  # or load_embedder("fmnist-clip")
+emb.embed_images([pil_image])  # (n, {MODEL_CFG["embed_dim"]}) float32, L2-normalised
 emb.embed_texts(["a photo of a sneaker"])
 ```
 
-It knows the ten Fashion-MNIST classes ({", ".join(CLASSES)}) and little
-else: it is for tests and examples, not for real photos. Images are any RGB PIL images; the
-transform in `open_clip_config.json` resizes them to 28x28 (bicubic, shortest side, centre
-crop) and normalises them with mean {MEAN} and std {STD}, so Fashion-MNIST images saved as PNG
-files embed exactly as in training.
+It knows the ten Fashion-MNIST classes
+({", ".join(CLASSES)})
+and little else: it is for tests and examples, not for real photos. Images are any RGB PIL
+images; the transform in `open_clip_config.json` resizes them to 28x28 (bicubic, shortest
+side, centre crop) and normalises them with mean {MEAN} and std {STD}, so Fashion-MNIST images
+saved as PNG files embed exactly as in training.
 
 | | |
 |---|---|
