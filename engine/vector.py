@@ -1,0 +1,1094 @@
+"""Vector search over one embedder's vectors: exact scans, usearch HNSW, and a filter-aware planner.
+
+This is the core that ``SIMILAR TO``, ``NEAR IMAGE`` and ``NEAR SAMPLE`` run on
+(``docs/vector-search.md``). A :class:`VectorIndex` holds, for one embedder:
+
+* ``keys``: the int64 sample keys (``sample_key`` of ``embeddings.<key>``), one per row;
+* the float16 matrix of the vectors (row ``i`` is the vector of ``keys[i]``), used by exact scans;
+* a usearch HNSW index (cosine, f16, integer keys = the sample keys), used by approximate search.
+
+:meth:`VectorIndex.search` takes a query (positive examples averaged, negative examples
+subtracted, renormalised), ``k`` (top-k) and/or ``threshold`` (score at least t), and the allowed
+rows (the rows that pass the other predicates of the query: a bool mask aligned with
+:attr:`VectorIndex.keys`, an array of int64 keys, or ``None`` for all), and returns a
+:class:`SearchResult`: keys, cosine scores, the strategy chosen and the reason, for ``EXPLAIN``.
+
+Strategies (see :meth:`VectorIndex.plan`):
+
+``exact``
+    Brute force over the allowed rows (gathered, or the whole matrix when nothing is filtered
+    out). Chosen when the filter is selective enough that scanning the candidates costs less
+    than an HNSW search that would find ``k`` of them (below the *crossover* selectivity, about
+    1-5 % depending on the number of rows and ``k``), for every threshold query (HNSW cannot
+    prove that it missed no row above the threshold), when ``EXACT`` is asked for, and as the
+    fallback of the approximate strategies.
+``hnsw``
+    Plain HNSW search when nothing is filtered out.
+``hnsw-filtered``
+    HNSW search oversampled by ``k * oversample / selectivity``, the hits re-checked against the
+    allowed rows, and widened (the count doubled) until ``k`` allowed hits are found within the
+    first ``1 / margin`` of the list, or until one more round would cost more than the exact
+    scan, which then answers. So a top-k query returns ``k`` rows whenever ``k`` rows pass the
+    filter: never silently fewer.
+``empty``
+    No allowed row, ``k = 0``, or an empty index.
+
+Exact scans use usearch's SIMD cosine kernel on the float16 rows (``usearch.index.search(...,
+exact=True)``): numpy's float16 -> float32 conversion runs at about 2.7 ns per element on the
+2-core development machine (scalar code), 10x slower than the kernel itself, so a numpy matrix
+product over converted blocks loses by an order of magnitude. Every returned score is then
+recomputed in float64 with numpy from the stored float16 vector and the float32 query
+(``dot(x, q) / (|x| |q|)``, rounded to float32), so that results equal an independent numpy
+computation whatever strategy produced them, and ties are broken by key (smaller first). The
+kernel's scores (float16 query, float32 sums) are within :data:`KERNEL_EPS` of the exact ones;
+the exact strategies widen their candidate list until that bound proves that no unreturned row
+can enter the top-k (or pass the threshold).
+
+Nothing here imports DataFusion; numpy and usearch are imported when this module is.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+__all__ = [
+    "KERNEL_EPS",
+    "CostModel",
+    "SearchPlan",
+    "SearchResult",
+    "VectorIndex",
+    "combine_query",
+]
+
+#: Bound on |usearch kernel score - exact score| for unit-norm float16 vectors: the query is cast
+#: to float16 by the kernel (|q - f16(q)| <= 2**-11 |q|, so at most ~5e-4 on the score) and sums
+#: run in float32 (~1e-5 for 4096 dimensions). 4e-3 leaves a wide margin; it only costs a few
+#: more rows rescored.
+KERNEL_EPS = 4e-3
+
+_STRATEGIES = ("exact", "hnsw", "hnsw-filtered", "empty")
+
+
+def _fmt_int(n: int) -> str:
+    return f"{n:,}"
+
+
+def _fmt_pct(x: float) -> str:
+    pct = 100.0 * x
+    if pct == 0:
+        return "0 %"
+    if pct >= 10:
+        return f"{pct:.0f} %"
+    if pct >= 1:
+        return f"{pct:.1f} %"
+    if pct >= 0.01:
+        return f"{pct:.2f} %"
+    return f"{pct:.2g} %"
+
+
+def _fmt_ms(us: float) -> str:
+    return f"{us / 1000:.2f} ms" if us < 10_000 else f"{us / 1000:.0f} ms"
+
+
+# ---------------------------------------------------------------------------------------------
+# Queries
+# ---------------------------------------------------------------------------------------------
+
+
+def _as_matrix(vectors: Any, what: str) -> np.ndarray:
+    arr = np.asarray(vectors)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2:
+        raise ValueError(f"{what} must be a vector or a matrix of vectors, got shape {arr.shape}")
+    if arr.dtype.kind not in "fiu":
+        raise ValueError(f"{what} must be numeric, got dtype {arr.dtype}")
+    return arr.astype(np.float64, copy=False)
+
+
+def combine_query(positives: Any, negatives: Any = None, *, dim: int | None = None) -> np.ndarray:
+    """One unit query vector (float64) from examples: the mean of the (normalised) positive
+    vectors minus the mean of the (normalised) negative vectors, renormalised.
+
+    ``positives`` and ``negatives`` are vectors ``(dim,)`` or matrices ``(n, dim)``; at least one
+    positive is needed. Raises ``ValueError`` on a wrong dimension, non-finite values, a zero
+    vector, or examples that cancel out.
+    """
+    pos = _as_matrix(positives, "positive examples")
+    if pos.shape[0] == 0:
+        raise ValueError("a query needs at least one positive example")
+    parts = [("positive examples", pos)]
+    neg = None
+    if negatives is not None:
+        neg = _as_matrix(negatives, "negative examples")
+        if neg.shape[0] == 0:
+            neg = None
+        else:
+            parts.append(("negative examples", neg))
+    want = dim if dim is not None else pos.shape[1]
+    for what, arr in parts:
+        if arr.shape[1] != want:
+            raise ValueError(f"{what} have dimension {arr.shape[1]}, the index has {want}")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{what} contain NaN or infinite values")
+
+    def unit_mean(arr: np.ndarray, what: str) -> np.ndarray:
+        norms = np.linalg.norm(arr, axis=1)
+        if np.any(norms == 0):
+            raise ValueError(f"{what} contain a zero vector (no direction)")
+        return (arr / norms[:, None]).mean(axis=0)
+
+    q = unit_mean(pos, "positive examples")
+    if neg is not None:
+        q = q - unit_mean(neg, "negative examples")
+    norm = float(np.linalg.norm(q))
+    if not norm > 1e-9:
+        raise ValueError(
+            "the positive and negative examples cancel out: the query has no direction"
+        )
+    return q / norm
+
+
+# ---------------------------------------------------------------------------------------------
+# Plans and results
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CostModel:
+    """Predicted latency of the strategies, in microseconds, for one query.
+
+    Measured on the 2-core development machine (``benchmarks/bench_vector.py`` prints the
+    figures, :meth:`VectorIndex.calibrate` re-measures them for one index):
+
+    * exact scan of ``m`` rows: ``exact_overhead_us + m * (scan_us_per_row + gather)``, where
+      ``gather = gather_us_per_row`` when the allowed rows must first be copied out of the
+      matrix (a filter), 0 for the whole matrix;
+    * HNSW search returning ``count`` rows: ``hnsw_overhead_us + hnsw_us_per_count *
+      max(count, ef)`` (the search visits about ``max(count, ef)`` nodes and computes their
+      neighbours' distances: random accesses, so a count costs ~10-20 scanned rows).
+    """
+
+    scan_us_per_row: float = 0.16
+    gather_us_per_row: float = 0.10
+    exact_overhead_us: float = 60.0
+    hnsw_us_per_count: float = 3.0
+    hnsw_overhead_us: float = 60.0
+
+    def exact(self, rows: int, *, gathered: bool) -> float:
+        per_row = self.scan_us_per_row + (self.gather_us_per_row if gathered else 0.0)
+        return self.exact_overhead_us + rows * per_row
+
+    def hnsw(self, count: int, ef: int) -> float:
+        return self.hnsw_overhead_us + self.hnsw_us_per_count * max(count, ef)
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """What :meth:`VectorIndex.search` will do, decided before running (``EXPLAIN``)."""
+
+    strategy: str  # one of "exact", "hnsw", "hnsw-filtered", "empty"
+    reason: str
+    rows: int  # vectors in the index
+    allowed: int  # rows that pass the filter
+    k: int | None
+    threshold: float | None
+    count: int = 0  # HNSW: the first count asked for
+    crossover: float | None = None  # selectivity below which an exact scan wins (top-k)
+    est_exact_us: float | None = None
+    est_hnsw_us: float | None = None
+
+    @property
+    def selectivity(self) -> float:
+        return self.allowed / self.rows if self.rows else 0.0
+
+
+@dataclass
+class SearchResult:
+    """Matches, best first: ``keys`` (int64) and ``scores`` (float32 cosine similarities in
+    [-1, 1], descending; ties by ascending key). ``strategy`` and ``reason`` say what was done
+    and why (``EXPLAIN``), ``stats`` the numbers behind it."""
+
+    keys: np.ndarray
+    scores: np.ndarray
+    strategy: str
+    reason: str
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def to_arrow(self, key_name: str = "sample_key", score_name: str = "score") -> pa.Table:
+        """The matches as an Arrow table ``(sample_key int64, score float32)``."""
+        import pyarrow as pa
+
+        return pa.table(
+            {
+                key_name: pa.array(self.keys, pa.int64()),
+                score_name: pa.array(self.scores, pa.float32()),
+            }
+        )
+
+    def explain(self) -> str:
+        """One line for EXPLAIN: the strategy and why."""
+        return f"{self.strategy}: {self.reason}"
+
+
+# ---------------------------------------------------------------------------------------------
+# usearch files
+# ---------------------------------------------------------------------------------------------
+
+
+def _usearch() -> Any:
+    try:
+        import usearch.index as ui
+    except ImportError as exc:  # pragma: no cover - usearch is a dependency of the models extra
+        raise ImportError(
+            "vector search needs usearch: pip install -e '.[models]' (or pip install usearch)"
+        ) from exc
+    return ui
+
+
+def _slot_layout(path: Path, meta: dict[str, Any]) -> tuple[int, int, np.ndarray] | None:
+    """Where the vectors of a saved usearch (2.x) dense index lie in its file, and the key of
+    each slot: ``(matrix_offset, rows, slot_keys)``, or None when the layout is not the one
+    understood here (then the caller copies the vectors out through usearch instead).
+
+    The file is ``[rows, bytes per row]`` (u32 each, u64 with 64-bit dimensions), the vectors in
+    slot order, a 64-byte head, the HNSW header (size, connectivity, connectivity_base,
+    max_level, entry_slot: u64 each), the level of each slot (i16), then one node per slot:
+    key (u64), level (i16), and per level 0..L a neighbour count (u32) and the neighbours' slots
+    (connectivity_base at level 0, connectivity above).
+    """
+    if not meta.get("matrix_included") or meta.get("count_deleted", 1) != 0:
+        return None
+    if str(getattr(meta.get("kind_scalar"), "name", "")) != "F16":
+        return None
+    if str(getattr(meta.get("kind_key"), "name", "")) not in ("U64", "I64"):
+        return None
+    slot_bytes = {"U32": 4, "U40": 5}.get(
+        str(getattr(meta.get("kind_compressed_slot"), "name", ""))
+    )
+    if slot_bytes is None:
+        return None
+    dim = int(meta.get("dimensions", 0))
+    size = os.path.getsize(path)
+    wide = bool(meta.get("matrix_uses_64_bit_dimensions"))
+    head_t = np.uint64 if wide else np.uint32
+    offset = 16 if wide else 8
+    raw = np.memmap(path, dtype=np.uint8, mode="r")
+    try:
+        rows, row_bytes = (int(x) for x in np.frombuffer(raw[:offset].tobytes(), dtype=head_t))
+        if row_bytes != 2 * dim or rows != int(meta.get("count_present", -1)):
+            return None
+        pos = offset + rows * row_bytes
+        if raw[pos : pos + 7].tobytes() != b"usearch":
+            return None
+        pos += 64
+        hdr = np.frombuffer(raw[pos : pos + 40].tobytes(), dtype=np.uint64)
+        if len(hdr) != 5 or int(hdr[0]) != rows:
+            return None
+        conn, conn_base = int(hdr[1]), int(hdr[2])
+        pos += 40
+        levels = np.frombuffer(raw[pos : pos + 2 * rows].tobytes(), dtype=np.int16).astype(np.int64)
+        if len(levels) != rows or (rows and levels.min() < 0):
+            return None
+        pos += 2 * rows
+        node = 8 + 2 + (4 + conn_base * slot_bytes) + levels * (4 + conn * slot_bytes)
+        starts = (
+            pos + np.concatenate(([0], np.cumsum(node)[:-1])) if rows else np.zeros(0, np.int64)
+        )
+        end = pos + int(node.sum())
+        if end != size:
+            return None
+        if rows:
+            idx = starts[:, None] + np.arange(8)[None, :]
+            slot_keys = np.ascontiguousarray(raw[idx]).view(np.int64).reshape(rows)
+            lv = np.ascontiguousarray(raw[(starts + 8)[:, None] + np.arange(2)[None, :]])
+            if not np.array_equal(lv.view(np.int16).reshape(rows).astype(np.int64), levels):
+                return None
+        else:
+            slot_keys = np.zeros(0, np.int64)
+        return offset, rows, slot_keys.copy()
+    finally:
+        del raw
+
+
+# ---------------------------------------------------------------------------------------------
+# The index
+# ---------------------------------------------------------------------------------------------
+
+
+class VectorIndex:
+    """One embedder's vectors: keys, a float16 matrix for exact scans, and a usearch HNSW index.
+
+    Build with :meth:`build` (keys + vectors), :meth:`from_arrow` (an ``embeddings.<key>``
+    table), :meth:`restore` (a saved usearch file: both the HNSW graph and the vectors are
+    memory-mapped, nothing is copied) or :meth:`from_snapshot` (a dataset version).
+    """
+
+    #: HNSW widening: the first count is ``k * oversample / selectivity``; a round is accepted
+    #: when the ``k``-th allowed hit lies within the first ``count / margin`` hits.
+    oversample: float = 3.0
+    margin: float = 2.0
+    #: Exact top-k asks the kernel for ``k + pad`` rows first.
+    pad: int = 32
+
+    def __init__(
+        self,
+        keys: np.ndarray,
+        matrix: np.ndarray,
+        hnsw: Any,
+        *,
+        path: Path | None = None,
+        threads: int = 0,
+        cost: CostModel | None = None,
+    ) -> None:
+        self._keys = keys
+        self._matrix = matrix
+        self._hnsw = hnsw
+        self._path = path  # the file the HNSW index is memory-mapped from (None: in memory)
+        self.threads = threads
+        self.cost = cost or CostModel()
+        self._sorted: tuple[np.ndarray, np.ndarray] | None = None
+        self._lock = threading.Lock()
+
+    # -- construction ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_inputs(keys: Any, vectors: Any, dim: int | None) -> tuple[np.ndarray, np.ndarray]:
+        k = np.asarray(keys)
+        if k.ndim != 1 or (k.size and k.dtype.kind not in "iu"):
+            raise ValueError(f"keys must be a 1-d integer array, got {k.dtype} {k.shape}")
+        k = k.astype(np.int64)
+        v = np.asarray(vectors)
+        if v.ndim != 2 or v.shape[0] != k.shape[0]:
+            raise ValueError(f"vectors must be a ({len(k)}, dim) matrix, got shape {v.shape}")
+        if dim is not None and v.shape[1] != dim:
+            raise ValueError(f"vectors have dimension {v.shape[1]}, the index has {dim}")
+        if v.shape[1] == 0:
+            raise ValueError("vectors must have at least one dimension")
+        if v.dtype.kind != "f":
+            raise ValueError(f"vectors must be float16 or float32, got {v.dtype}")
+        v16 = np.ascontiguousarray(v, dtype=np.float16)
+        if not np.all(np.isfinite(v16)):
+            raise ValueError("vectors contain NaN or infinite values (or overflow float16)")
+        if len(np.unique(k)) != len(k):
+            raise ValueError("keys must be unique")
+        return k, v16
+
+    @classmethod
+    def build(
+        cls,
+        keys: Any,
+        vectors: Any,
+        *,
+        connectivity: int | None = None,
+        expansion_add: int | None = None,
+        expansion_search: int | None = None,
+        threads: int = 0,
+        cost: CostModel | None = None,
+    ) -> VectorIndex:
+        """An index over ``vectors`` (``(n, dim)``, float16 or float32) with int64 ``keys``
+        (unique). The HNSW graph is built now (``threads``: 0 = all cores)."""
+        k, v16 = cls._check_inputs(keys, vectors, None)
+        ui = _usearch()
+        hnsw = ui.Index(
+            ndim=v16.shape[1],
+            metric="cos",
+            dtype="f16",
+            connectivity=connectivity,
+            expansion_add=expansion_add,
+            expansion_search=expansion_search,
+        )
+        if len(k):
+            hnsw.add(k.view(np.uint64), v16, threads=threads)
+        return cls(k, v16, hnsw, threads=threads, cost=cost)
+
+    @classmethod
+    def from_arrow(
+        cls,
+        table: Any,
+        *,
+        key_column: str = "sample_key",
+        vector_column: str = "embedding",
+        **build_options: Any,
+    ) -> VectorIndex:
+        """Build from an Arrow table with an int64 key column and a ``fixed_size_list<float16 or
+        float32>[dim]`` vector column (the ``embeddings.<key>`` table)."""
+        keys, matrix = _arrow_vectors(table, key_column, vector_column)
+        return cls.build(keys, matrix, **build_options)
+
+    @classmethod
+    def restore(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        view: bool = True,
+        keys: Any = None,
+        vectors: Any = None,
+        threads: int = 0,
+        cost: CostModel | None = None,
+    ) -> VectorIndex:
+        """Open a usearch file saved by :meth:`save` (or by ingest). With ``view=True`` the
+        graph is memory-mapped (``Index.restore(path, view=True)``) and so are the vectors,
+        read in place from the file (usearch stores them first, in slot order). ``keys`` and
+        ``vectors`` may be given instead (e.g. the ``embeddings.<key>`` table): then the
+        matrix is those, and the index must hold exactly those keys."""
+        ui = _usearch()
+        p = Path(path)
+        hnsw = ui.Index.restore(os.fspath(p), view=view)
+        if hnsw is None:
+            raise ValueError(f"{p} is not a usearch index file")
+        dim = int(hnsw.ndim)
+        if vectors is not None or keys is not None:
+            if vectors is None or keys is None:
+                raise ValueError("restore: give both keys and vectors, or neither")
+            k, v16 = cls._check_inputs(keys, vectors, dim)
+            if len(hnsw) != len(k):
+                raise ValueError(
+                    f"the index {p.name} holds {len(hnsw):,} vectors but {len(k):,} were given"
+                )
+            probe = k[:: max(1, len(k) // 64)][:64]
+            if len(probe) and not bool(np.all(hnsw.contains(probe.view(np.uint64)))):
+                raise ValueError(f"the index {p.name} lacks some of the given keys")
+            return cls(k, v16, hnsw, path=p if view else None, threads=threads, cost=cost)
+        meta = ui.Index.metadata(os.fspath(p)) or {}
+        layout = _slot_layout(p, meta) if meta else None
+        matrix: np.ndarray | None = None
+        if layout is not None:
+            offset, rows, slot_keys = layout
+            if rows:
+                mm = np.memmap(p, dtype=np.float16, mode="r", offset=offset, shape=(rows, dim))
+                matrix = mm if view else np.array(mm)
+            else:
+                matrix = np.zeros((0, dim), np.float16)
+            k = slot_keys
+            probe = np.arange(0, rows, max(1, rows // 32))[:32]
+            if len(probe):
+                got = np.asarray(
+                    np.vstack(hnsw.get(k[probe].view(np.uint64))), dtype=np.float16
+                ).reshape(len(probe), dim)
+                if not np.array_equal(got, np.asarray(matrix[probe])):
+                    matrix = None  # not the layout assumed: copy through usearch below
+        if matrix is None:
+            k = np.asarray(hnsw.keys, dtype=np.uint64).view(np.int64)
+            matrix = (
+                np.asarray(np.vstack(hnsw.get(k.view(np.uint64))), dtype=np.float16).reshape(
+                    len(k), dim
+                )
+                if len(k)
+                else np.zeros((0, dim), np.float16)
+            )
+        return cls(k, matrix, hnsw, path=p if view else None, threads=threads, cost=cost)
+
+    @classmethod
+    def from_snapshot(cls, snapshot: Any, embedder_key: str, **options: Any) -> VectorIndex:
+        """The index of embedder ``embedder_key`` at a dataset version
+        (:class:`popql.engine.dataset.Snapshot`): its usearch file memory-mapped when it holds
+        exactly the rows of ``embeddings.<key>``, else built from that table."""
+        meta = snapshot.embedders.get(embedder_key)
+        if meta is None:
+            raise KeyError(f"no embedder '{embedder_key}' in {snapshot!r}")
+        table_name = meta.get("table") or f"embeddings.{embedder_key}"
+        index_rel = meta.get("index")
+        if index_rel:
+            path = Path(snapshot.root) / index_rel
+            if path.is_file():
+                try:
+                    index = cls.restore(path, **options)
+                except (ValueError, OSError, RuntimeError):
+                    index = None
+                if index is not None and len(index) == snapshot.num_rows(table_name):
+                    return index
+        table = snapshot.table(table_name)
+        if "sample_key" not in table.column_names:
+            import pyarrow as pa
+
+            from .images import sample_key_of
+
+            ids = table.column("sample_id").to_pylist()
+            table = table.append_column(
+                "sample_key", pa.array([sample_key_of(s) for s in ids], pa.int64())
+            )
+        return cls.from_arrow(table, **options)
+
+    # -- properties -----------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __repr__(self) -> str:
+        where = f" mapped from {self._path}" if self._path else ""
+        return f"<VectorIndex {len(self):,} x {self.dim}{where}>"
+
+    @property
+    def keys(self) -> np.ndarray:
+        """The int64 key of each row (read-only view). Bool masks passed as ``allowed`` are
+        aligned with this array."""
+        view = self._keys.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """The float16 vectors, row ``i`` for ``keys[i]`` (read-only; may be memory-mapped)."""
+        view = self._matrix.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def dim(self) -> int:
+        return int(self._matrix.shape[1])
+
+    @property
+    def hnsw(self) -> Any:
+        """The usearch ``Index``."""
+        return self._hnsw
+
+    @property
+    def expansion_search(self) -> int:
+        return int(self._hnsw.expansion_search)
+
+    @expansion_search.setter
+    def expansion_search(self, ef: int) -> None:
+        self._hnsw.expansion_search = int(ef)
+
+    def memory_usage(self) -> dict[str, int]:
+        """Bytes held: ``matrix`` (float16 vectors), ``keys``, ``hnsw`` (usearch's own figure:
+        its graph and its copy of the vectors; memory-mapped pages when restored as a view)."""
+        return {
+            "matrix": int(self._matrix.nbytes),
+            "keys": int(self._keys.nbytes) * (2 if self._sorted is not None else 1),
+            "hnsw": int(self._hnsw.memory_usage),
+        }
+
+    # -- keys <-> rows --------------------------------------------------------------------------
+
+    def _sorted_keys(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._sorted is None:
+            order = np.argsort(self._keys, kind="stable")
+            self._sorted = (self._keys[order], order)
+        return self._sorted
+
+    def rows_of(self, keys: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, found)``: the row of each key (``-1`` where the index lacks it) and a bool
+        array saying which keys were found."""
+        want = np.asarray(keys, dtype=np.int64).reshape(-1)
+        skeys, order = self._sorted_keys()
+        if not len(skeys):
+            return np.full(len(want), -1, np.int64), np.zeros(len(want), bool)
+        pos = np.searchsorted(skeys, want)
+        pos_c = np.minimum(pos, len(skeys) - 1)
+        found = skeys[pos_c] == want
+        rows = np.where(found, order[pos_c], -1)
+        return rows.astype(np.int64), found
+
+    def mask_of(self, keys: Any) -> np.ndarray:
+        """A bool mask over the rows, true for the given keys (unknown keys are ignored)."""
+        rows, found = self.rows_of(keys)
+        mask = np.zeros(len(self), bool)
+        mask[rows[found]] = True
+        return mask
+
+    def _allowed_mask(self, allowed: Any) -> tuple[np.ndarray | None, int, dict[str, Any]]:
+        """``(mask or None for all, allowed count, stats)``."""
+        stats: dict[str, Any] = {}
+        if allowed is None:
+            return None, len(self), stats
+        arr = np.asarray(allowed)
+        if arr.dtype == np.bool_:
+            if arr.shape != (len(self),):
+                raise ValueError(
+                    f"an allowed mask must have one entry per row ({len(self):,}), "
+                    f"got shape {arr.shape}"
+                )
+            mask = arr
+        elif arr.dtype.kind in "iu" or arr.size == 0:
+            t0 = time.perf_counter()
+            rows, found = self.rows_of(arr.astype(np.int64, copy=False))
+            mask = np.zeros(len(self), bool)
+            mask[rows[found]] = True
+            stats["allowed_keys_given"] = int(arr.size)
+            stats["allowed_keys_unknown"] = int(arr.size - int(found.sum()))
+            stats["resolve_keys_ms"] = (time.perf_counter() - t0) * 1000
+        else:
+            raise ValueError(
+                f"allowed must be a bool mask over the rows or an array of int64 keys, "
+                f"got dtype {arr.dtype}"
+            )
+        m = int(np.count_nonzero(mask))
+        if m == len(self):
+            return None, m, stats
+        return mask, m, stats
+
+    # -- planning -------------------------------------------------------------------------------
+
+    def crossover(self, k: int, *, rows: int | None = None) -> float:
+        """The selectivity below which an exact scan over the allowed rows is predicted to be
+        faster than an oversampled HNSW search for a top-``k`` query (cost model)."""
+        n = len(self) if rows is None else rows
+        if n <= 0 or k <= 0:
+            return 0.0
+        ef = self.expansion_search
+
+        def exact_wins(sel: float) -> bool:
+            m = sel * n
+            count = min(n, max(k, math.ceil(k * self.oversample / sel)))
+            return self.cost.exact(int(m), gathered=True) <= self.cost.hnsw(count, ef)
+
+        if exact_wins(1.0):
+            return 1.0
+        lo, hi = 0.0, 1.0  # exact wins at lo (an empty filter), loses at hi
+        for _ in range(50):
+            mid = (lo + hi) / 2
+            if mid > 0 and exact_wins(mid):
+                lo = mid
+            else:
+                hi = mid
+        return float(lo)
+
+    def plan(
+        self,
+        *,
+        k: int | None = None,
+        threshold: float | None = None,
+        allowed: Any = None,
+        exact: bool = False,
+        _mask_info: tuple[np.ndarray | None, int] | None = None,
+    ) -> SearchPlan:
+        """Choose a strategy (``EXPLAIN``) without searching. Widening decisions are made while
+        searching and reported in the :class:`SearchResult`."""
+        k, threshold = _check_k_threshold(k, threshold)
+        n = len(self)
+        if _mask_info is None:
+            mask, m, _ = self._allowed_mask(allowed)
+        else:
+            mask, m = _mask_info
+        filtered = mask is not None
+        base = {"rows": n, "allowed": m, "k": k, "threshold": threshold}
+        of_n = f"{_fmt_int(m)} of {_fmt_int(n)}" if filtered else f"all {_fmt_int(n)}"
+        if n == 0 or m == 0 or k == 0:
+            why = (
+                "the index is empty"
+                if n == 0
+                else ("no row passes the filter" if m == 0 else "k = 0 asks for no row")
+            )
+            return SearchPlan("empty", why, **base)
+        est_exact = self.cost.exact(m, gathered=filtered)
+        if exact:
+            return SearchPlan(
+                "exact",
+                f"EXACT requested: brute force over {of_n} rows",
+                est_exact_us=est_exact,
+                **base,
+            )
+        if k is None:
+            t = f"{threshold:g}"
+            return SearchPlan(
+                "exact",
+                f"threshold {t}: exact scan over {of_n} rows "
+                "(an HNSW search cannot prove that no row scoring at least the threshold was "
+                "missed)",
+                est_exact_us=est_exact,
+                **base,
+            )
+        if k >= m:
+            return SearchPlan(
+                "exact",
+                f"k = {_fmt_int(k)} >= the {_fmt_int(m)} allowed rows: exact scan returns all",
+                est_exact_us=est_exact,
+                **base,
+            )
+        ef = self.expansion_search
+        if not filtered:
+            est = self.cost.hnsw(k, ef)
+            return SearchPlan(
+                "hnsw",
+                f"no filter: HNSW search for the top {_fmt_int(k)} of {_fmt_int(n)} rows "
+                f"(ef {max(ef, k)})",
+                count=k,
+                est_exact_us=est_exact,
+                est_hnsw_us=est,
+                **base,
+            )
+        sel = m / n
+        count = min(n, max(k, math.ceil(k * self.oversample / sel)))
+        est_hnsw = self.cost.hnsw(count, ef)
+        cross = self.crossover(k)
+        where = f"{_fmt_int(m)} candidates ({_fmt_pct(sel)} of {_fmt_int(n)})"
+        if est_exact <= est_hnsw:
+            return SearchPlan(
+                "exact",
+                f"exact scan over {where}: below the {_fmt_pct(cross)} crossover for k = {k} "
+                f"(predicted {_fmt_ms(est_exact)} vs HNSW {_fmt_ms(est_hnsw)})",
+                crossover=cross,
+                est_exact_us=est_exact,
+                est_hnsw_us=est_hnsw,
+                **base,
+            )
+        return SearchPlan(
+            "hnsw-filtered",
+            f"HNSW search over {where}: above the {_fmt_pct(cross)} crossover for k = {k}; "
+            f"count {_fmt_int(count)} (k x {self.oversample:g} / selectivity), hits re-checked "
+            "against the filter, widened until k pass (exact scan if widening would cost more)",
+            count=count,
+            crossover=cross,
+            est_exact_us=est_exact,
+            est_hnsw_us=est_hnsw,
+            **base,
+        )
+
+    # -- search ---------------------------------------------------------------------------------
+
+    def search(
+        self,
+        positives: Any,
+        negatives: Any = None,
+        *,
+        k: int | None = None,
+        threshold: float | None = None,
+        allowed: Any = None,
+        exact: bool = False,
+    ) -> SearchResult:
+        """The rows most similar to the query (see :func:`combine_query`).
+
+        ``k``: top-k (returns ``min(k, allowed rows)`` rows, never fewer); ``threshold``: every
+        allowed row whose score is at least ``threshold`` (exact); both: the top-k of those.
+        ``allowed``: a bool mask aligned with :attr:`keys`, an int64 array of keys, or None.
+        ``exact=True`` forces brute force.
+        """
+        t_start = time.perf_counter()
+        q = combine_query(positives, negatives, dim=self.dim)
+        k, threshold = _check_k_threshold(k, threshold)
+        mask, m, stats = self._allowed_mask(allowed)
+        plan = self.plan(k=k, threshold=threshold, exact=exact, _mask_info=(mask, m))
+        stats.update(rows=plan.rows, allowed=m, selectivity=plan.selectivity)
+        if plan.crossover is not None:
+            stats["crossover"] = plan.crossover
+        if plan.strategy == "empty":
+            keys, scores = np.zeros(0, np.int64), np.zeros(0, np.float32)
+            strategy, reason = plan.strategy, plan.reason
+        elif plan.strategy == "exact":
+            keys, scores = self._exact(q, mask, k, threshold, stats)
+            strategy, reason = plan.strategy, plan.reason
+        else:
+            keys, scores, strategy, reason = self._approximate(q, mask, m, k, plan, stats)
+            if threshold is not None:
+                keep = scores >= threshold
+                if int(keep.sum()) < len(keys):
+                    # Fewer than k rows reach the threshold: claiming "these are all" needs proof.
+                    keys, scores = self._exact(q, mask, k, threshold, stats)
+                    strategy = "exact"
+                    reason += (
+                        f"; fewer than k rows reached the threshold {threshold:g}: "
+                        "exact scan to prove completeness"
+                    )
+        if k is not None and len(keys) < min(k, m):  # pragma: no cover - defensive
+            keys, scores = self._exact(q, mask, k, threshold, stats)
+            strategy = "exact"
+            reason += "; an approximate search returned fewer than k rows: exact scan"
+        stats["returned"] = len(keys)
+        stats["elapsed_ms"] = (time.perf_counter() - t_start) * 1000
+        return SearchResult(keys, scores, strategy, reason, stats)
+
+    # -- scoring --------------------------------------------------------------------------------
+
+    def _rescore(self, rows: np.ndarray, q: np.ndarray) -> np.ndarray:
+        """Exact float32 cosine scores of ``rows`` (float64 arithmetic; zero vectors score 0)."""
+        if not len(rows):
+            return np.zeros(0, np.float32)
+        x = np.asarray(self._matrix[rows], np.float64)
+        dots = x @ q
+        norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), 0.0)
+        return np.clip(s, -1.0, 1.0).astype(np.float32)
+
+    def _order(self, rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """Indices sorting by score descending, then key ascending."""
+        return np.lexsort((self._keys[rows], -scores.astype(np.float64)))
+
+    def _kernel(
+        self, data: np.ndarray, q16: np.ndarray, count: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """usearch's exact SIMD scan: local row positions and cosine distances, best first."""
+        ui = _usearch()
+        res = ui.search(data, q16, count, ui.MetricKind.Cos, exact=True, threads=self.threads)
+        local = np.asarray(res.keys, dtype=np.uint64).view(np.int64)
+        dist = np.asarray(res.distances, dtype=np.float64)
+        return local[: len(dist)], dist
+
+    def _exact(
+        self,
+        q: np.ndarray,
+        mask: np.ndarray | None,
+        k: int | None,
+        threshold: float | None,
+        stats: dict[str, Any],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        t0 = time.perf_counter()
+        if mask is None:
+            rows_all: np.ndarray | None = None
+            data = self._matrix
+        else:
+            rows_all = np.flatnonzero(mask)
+            data = np.take(self._matrix, rows_all, axis=0)
+        m = len(data)
+        stats["exact_rows_scanned"] = stats.get("exact_rows_scanned", 0) + m
+        if m == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        q16 = q.astype(np.float16)
+        if not np.all(np.isfinite(q16)) or not np.any(q16):  # pragma: no cover - unit vector
+            q16 = q.astype(np.float32)
+            data = np.asarray(data, np.float32)
+
+        def to_rows(local: np.ndarray) -> np.ndarray:
+            return local if rows_all is None else rows_all[local]
+
+        if k is None:
+            # Threshold: every row whose kernel score may reach t, rescored exactly.
+            assert threshold is not None
+            local, dist = self._kernel(data, q16, m)
+            cand = to_rows(local[(1.0 - dist) >= threshold - KERNEL_EPS])
+            scores = self._rescore(cand, q)
+            keep = scores >= threshold
+            cand, scores = cand[keep], scores[keep]
+            order = self._order(cand, scores)
+            stats["rescored"] = stats.get("rescored", 0) + len(keep)
+            stats["exact_ms"] = (time.perf_counter() - t0) * 1000
+            return self._keys[cand[order]], scores[order]
+        count = min(m, k + self.pad)
+        rounds = 0
+        while True:
+            rounds += 1
+            local, dist = self._kernel(data, q16, count)
+            cand = to_rows(local)
+            scores = self._rescore(cand, q)
+            order = self._order(cand, scores)
+            cand, scores = cand[order], scores[order]
+            stats["rescored"] = stats.get("rescored", 0) + len(cand)
+            if threshold is not None:
+                keep = scores >= threshold
+                cand, scores = cand[keep], scores[keep]
+            complete = len(local) >= m  # every allowed row was rescored
+            if not complete:
+                bound = 1.0 - float(dist[-1]) + KERNEL_EPS  # best exact score left out
+                if len(scores) >= k and float(scores[k - 1]) > bound:
+                    complete = True
+                elif threshold is not None and len(scores) < k and threshold > bound:
+                    complete = True  # nothing left out can reach the threshold
+            if complete:
+                break
+            count = min(m, count * 4)
+        stats["exact_rounds"] = rounds
+        stats["exact_ms"] = (time.perf_counter() - t0) * 1000
+        return self._keys[cand[:k]], scores[:k]
+
+    def _approximate(
+        self,
+        q: np.ndarray,
+        mask: np.ndarray | None,
+        m: int,
+        k: int | None,
+        plan: SearchPlan,
+        stats: dict[str, Any],
+    ) -> tuple[np.ndarray, np.ndarray, str, str]:
+        assert k is not None
+        n = len(self)
+        ef = self.expansion_search
+        q16 = q.astype(np.float16)
+        count = plan.count
+        est_exact = plan.est_exact_us if plan.est_exact_us is not None else math.inf
+        spent_us = 0.0
+        counts: list[int] = []
+        skeys, order = self._sorted_keys()
+        while True:
+            t0 = time.perf_counter()
+            with self._lock:
+                res = self._hnsw.search(q16, count, threads=1)
+            hit_keys = np.asarray(res.keys, dtype=np.uint64).view(np.int64)
+            spent_us += (time.perf_counter() - t0) * 1e6
+            counts.append(count)
+            pos = np.minimum(np.searchsorted(skeys, hit_keys), max(0, len(skeys) - 1))
+            rows = order[pos]
+            hits = np.arange(len(rows)) if mask is None else np.flatnonzero(mask[rows])
+            short = len(hit_keys) < min(count, n)  # the graph gave fewer than asked
+            if mask is None:
+                accept = len(hits) >= k
+            else:
+                accept = len(hits) >= k and (hits[k - 1] < count / self.margin or count >= n)
+            if accept:
+                take = rows[hits[: k + min(self.pad, k)]]
+                scores = self._rescore(take, q)
+                o = self._order(take, scores)
+                take, scores = take[o][:k], scores[o][:k]
+                stats.update(hnsw_counts=counts, hnsw_ms=spent_us / 1000)
+                reason = plan.reason
+                if len(counts) > 1:
+                    reason += f"; widened {len(counts) - 1}x to count {_fmt_int(count)}"
+                return self._keys[take], scores, plan.strategy, reason
+            nxt = min(n, count * 2)
+            if short or nxt >= n or spent_us + self.cost.hnsw(nxt, ef) > max(est_exact, 1.0):
+                why = (
+                    "the HNSW graph returned fewer rows than asked"
+                    if short
+                    else f"widening to count {_fmt_int(nxt)} would cost more than the exact scan"
+                )
+                stats.update(hnsw_counts=counts, hnsw_ms=spent_us / 1000)
+                keys, scores = self._exact(q, mask, k, None, stats)
+                found = len(hits)
+                reason = (
+                    f"{plan.reason}; HNSW count {_fmt_int(count)} found {_fmt_int(found)} "
+                    f"allowed rows (k = {k}): {why}, so exact scan over {_fmt_int(m)} candidates"
+                )
+                return keys, scores, "exact", reason
+            count = nxt
+
+    # -- changes --------------------------------------------------------------------------------
+
+    def _writable_hnsw(self) -> Any:
+        if self._path is not None:  # memory-mapped view: load an in-memory copy to change it
+            ui = _usearch()
+            self._hnsw = ui.Index.restore(os.fspath(self._path), view=False)
+            self._path = None
+        return self._hnsw
+
+    def add(self, keys: Any, vectors: Any) -> None:
+        """Add vectors (keys must be new). The matrix and the HNSW graph are updated; a
+        memory-mapped index is loaded into memory first."""
+        k, v16 = self._check_inputs(keys, vectors, self.dim)
+        if not len(k):
+            return
+        _, found = self.rows_of(k)
+        if found.any():
+            raise ValueError(f"{int(found.sum()):,} of the keys are already in the index")
+        hnsw = self._writable_hnsw()
+        hnsw.add(k.view(np.uint64), v16, threads=self.threads)
+        self._keys = np.concatenate([self._keys, k])
+        self._matrix = np.concatenate([np.asarray(self._matrix), v16])
+        self._sorted = None
+
+    def remove(self, keys: Any) -> int:
+        """Remove the given keys (unknown ones are ignored); returns how many were removed."""
+        rows, found = self.rows_of(keys)
+        rows = np.unique(rows[found])
+        if not len(rows):
+            return 0
+        hnsw = self._writable_hnsw()
+        hnsw.remove(self._keys[rows].view(np.uint64))
+        keep = np.ones(len(self), bool)
+        keep[rows] = False
+        self._keys = self._keys[keep]
+        self._matrix = np.asarray(self._matrix)[keep]
+        self._sorted = None
+        return len(rows)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the usearch file (graph and vectors); :meth:`restore` reads it back."""
+        p = Path(path)
+        if self._path is not None and p.resolve() == self._path.resolve():
+            return  # a view of this very file: nothing changed
+        self._hnsw.save(os.fspath(p))
+
+    # -- calibration ----------------------------------------------------------------------------
+
+    def calibrate(self, *, k: int = 10, queries: int = 20, seed: int = 0) -> CostModel:
+        """Measure the cost model on this index and this machine (a few hundred ms) and use it."""
+        n = len(self)
+        if n < 1000:
+            return self.cost
+        rng = np.random.default_rng(seed)
+        sample = rng.choice(n, size=min(queries, n), replace=False)
+        qs = [np.asarray(self._matrix[i], np.float64) for i in sample]
+        ui = _usearch()
+
+        def timed(fn: Any) -> float:
+            fn()
+            ts = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t0)
+            return min(ts) * 1e6
+
+        q16 = qs[0].astype(np.float16)
+        m = min(n, 50_000)
+        rows = np.sort(rng.choice(n, size=m, replace=False))
+        full = timed(
+            lambda: ui.search(
+                self._matrix, q16, k, ui.MetricKind.Cos, exact=True, threads=self.threads
+            )
+        )
+        gather = timed(lambda: np.take(self._matrix, rows, axis=0))
+        small = timed(
+            lambda: ui.search(
+                self._matrix[:256], q16, k, ui.MetricKind.Cos, exact=True, threads=self.threads
+            )
+        )
+        ef = self.expansion_search
+        counts = (ef, 16 * ef)
+        hn = []
+        for c in counts:
+            per = []
+            for q in qs:
+                qq = q.astype(np.float16)
+                per.append(timed(lambda qq=qq, c=c: self._hnsw.search(qq, c, threads=1)))
+            hn.append(float(np.median(per)))
+        slope = max(0.01, (hn[1] - hn[0]) / (counts[1] - counts[0]))
+        self.cost = CostModel(
+            scan_us_per_row=max(1e-4, (full - small) / max(1, n - 256)),
+            gather_us_per_row=max(1e-4, gather / m),
+            exact_overhead_us=max(1.0, small),
+            hnsw_us_per_count=slope,
+            hnsw_overhead_us=max(1.0, hn[0] - slope * counts[0]),
+        )
+        return self.cost
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_k_threshold(k: Any, threshold: Any) -> tuple[int | None, float | None]:
+    if k is None and threshold is None:
+        raise ValueError("a similarity search needs k (top-k), a threshold, or both")
+    if k is not None:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+            raise ValueError(f"k must be a non-negative integer, got {k!r}")
+        k = int(k)
+    if threshold is not None:
+        threshold = float(threshold)
+        if not math.isfinite(threshold):
+            raise ValueError(f"threshold must be finite, got {threshold!r}")
+    return k, threshold
+
+
+def _arrow_vectors(
+    table: Any, key_column: str, vector_column: str
+) -> tuple[np.ndarray, np.ndarray]:
+    import pyarrow as pa
+
+    if isinstance(table, pa.RecordBatch):
+        table = pa.Table.from_batches([table])
+    keys = table.column(key_column).to_numpy()
+    col = table.column(vector_column).combine_chunks()
+    if not pa.types.is_fixed_size_list(col.type):
+        raise ValueError(f"column {vector_column} must be a fixed_size_list, got {col.type}")
+    if col.null_count:
+        raise ValueError(f"column {vector_column} has {col.null_count} null vectors")
+    dim = col.type.list_size
+    flat = col.flatten().to_numpy(zero_copy_only=False)
+    return np.asarray(keys, np.int64), np.asarray(flat).reshape(len(keys), dim)
