@@ -208,6 +208,7 @@ class SearchPlan:
     crossover: float | None = None  # selectivity below which an exact scan wins (top-k)
     est_exact_us: float | None = None
     est_hnsw_us: float | None = None
+    forced: bool = False  # approximate=True: no cost-based fall-back to an exact scan
 
     @property
     def selectivity(self) -> float:
@@ -344,6 +345,8 @@ class VectorIndex:
     margin: float = 2.0
     #: Exact top-k asks the kernel for ``k + pad`` rows first.
     pad: int = 32
+    #: Exact scans of fewer rows run on one thread (starting usearch's workers costs ~0.2 ms).
+    parallel_rows: int = 50_000
 
     def __init__(
         self,
@@ -362,6 +365,7 @@ class VectorIndex:
         self.threads = threads
         self.cost = cost or CostModel()
         self._sorted: tuple[np.ndarray, np.ndarray] | None = None
+        self._crossover_memo: tuple[tuple, float] | None = None
         self._lock = threading.Lock()
 
     # -- construction ---------------------------------------------------------------------------
@@ -384,6 +388,8 @@ class VectorIndex:
         v16 = np.ascontiguousarray(v, dtype=np.float16)
         if not np.all(np.isfinite(v16)):
             raise ValueError("vectors contain NaN or infinite values (or overflow float16)")
+        if k.size and int(k.min()) < 0:
+            raise ValueError("keys must be non-negative (sample keys are 63-bit)")
         if len(np.unique(k)) != len(k):
             raise ValueError("keys must be unique")
         return k, v16
@@ -641,6 +647,14 @@ class VectorIndex:
         n = len(self) if rows is None else rows
         if n <= 0 or k <= 0:
             return 0.0
+        memo = (k, n, self.expansion_search, self.oversample, repr(self.cost))
+        if self._crossover_memo is not None and self._crossover_memo[0] == memo:
+            return self._crossover_memo[1]
+        value = self._crossover(k, n)
+        self._crossover_memo = (memo, value)
+        return value
+
+    def _crossover(self, k: int, n: int) -> float:
         ef = self.expansion_search
 
         def exact_wins(sel: float) -> bool:
@@ -666,11 +680,16 @@ class VectorIndex:
         threshold: float | None = None,
         allowed: Any = None,
         exact: bool = False,
+        approximate: bool = False,
         _mask_info: tuple[np.ndarray | None, int] | None = None,
     ) -> SearchPlan:
         """Choose a strategy (``EXPLAIN``) without searching. Widening decisions are made while
-        searching and reported in the :class:`SearchResult`."""
+        searching and reported in the :class:`SearchResult`. ``approximate=True`` (benchmarks,
+        tests) takes the HNSW path for any top-k query it can serve, whatever the cost model
+        says; widening then falls back to an exact scan only when the graph runs out."""
         k, threshold = _check_k_threshold(k, threshold)
+        if exact and approximate:
+            raise ValueError("exact and approximate exclude each other")
         n = len(self)
         if _mask_info is None:
             mask, m, _ = self._allowed_mask(allowed)
@@ -728,6 +747,18 @@ class VectorIndex:
         est_hnsw = self.cost.hnsw(count, ef)
         cross = self.crossover(k)
         where = f"{_fmt_int(m)} candidates ({_fmt_pct(sel)} of {_fmt_int(n)})"
+        if approximate:
+            return SearchPlan(
+                "hnsw-filtered",
+                f"approximate search requested over {where}: count {_fmt_int(count)} "
+                f"(k x {self.oversample:g} / selectivity), widened until k pass",
+                count=count,
+                crossover=cross,
+                est_exact_us=est_exact,
+                est_hnsw_us=est_hnsw,
+                forced=True,
+                **base,
+            )
         if est_exact <= est_hnsw:
             return SearchPlan(
                 "exact",
@@ -761,19 +792,23 @@ class VectorIndex:
         threshold: float | None = None,
         allowed: Any = None,
         exact: bool = False,
+        approximate: bool = False,
     ) -> SearchResult:
         """The rows most similar to the query (see :func:`combine_query`).
 
         ``k``: top-k (returns ``min(k, allowed rows)`` rows, never fewer); ``threshold``: every
         allowed row whose score is at least ``threshold`` (exact); both: the top-k of those.
         ``allowed``: a bool mask aligned with :attr:`keys`, an int64 array of keys, or None.
-        ``exact=True`` forces brute force.
+        ``exact=True`` forces brute force; ``approximate=True`` forces the HNSW path for top-k
+        (benchmarks and tests; it still never returns fewer than k rows).
         """
         t_start = time.perf_counter()
         q = combine_query(positives, negatives, dim=self.dim)
         k, threshold = _check_k_threshold(k, threshold)
         mask, m, stats = self._allowed_mask(allowed)
-        plan = self.plan(k=k, threshold=threshold, exact=exact, _mask_info=(mask, m))
+        plan = self.plan(
+            k=k, threshold=threshold, exact=exact, approximate=approximate, _mask_info=(mask, m)
+        )
         stats.update(rows=plan.rows, allowed=m, selectivity=plan.selectivity)
         if plan.crossover is not None:
             stats["crossover"] = plan.crossover
@@ -806,15 +841,17 @@ class VectorIndex:
     # -- scoring --------------------------------------------------------------------------------
 
     def _rescore(self, rows: np.ndarray, q: np.ndarray) -> np.ndarray:
-        """Exact float32 cosine scores of ``rows`` (float64 arithmetic; zero vectors score 0)."""
-        if not len(rows):
-            return np.zeros(0, np.float32)
-        x = np.asarray(self._matrix[rows], np.float64)
-        dots = x @ q
-        norms = np.sqrt(np.einsum("ij,ij->i", x, x))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            s = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), 0.0)
-        return np.clip(s, -1.0, 1.0).astype(np.float32)
+        """Exact float32 cosine scores of ``rows``: float64 arithmetic, each row summed on its
+        own (``(x * q).sum(axis=1)``, not BLAS, whose blocking may sum identical rows in a
+        different order), so equal vectors get equal scores; zero vectors score 0."""
+        out = np.zeros(len(rows), np.float32)
+        for s in range(0, len(rows), 4096):
+            x = np.asarray(self._matrix[rows[s : s + 4096]], np.float64)
+            dots = (x * q).sum(axis=1)
+            norms = np.sqrt((x * x).sum(axis=1))
+            safe = np.where(norms > 0, norms, 1.0)
+            out[s : s + 4096] = np.clip(np.where(norms > 0, dots / safe, 0.0), -1.0, 1.0)
+        return out
 
     def _order(self, rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
         """Indices sorting by score descending, then key ascending."""
@@ -825,7 +862,9 @@ class VectorIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """usearch's exact SIMD scan: local row positions and cosine distances, best first."""
         ui = _usearch()
-        res = ui.search(data, q16, count, ui.MetricKind.Cos, exact=True, threads=self.threads)
+        # usearch starts its worker threads per call: ~0.2 ms, more than a small scan costs.
+        threads = 1 if len(data) < self.parallel_rows else self.threads
+        res = ui.search(data, q16, count, ui.MetricKind.Cos, exact=True, threads=threads)
         local = np.asarray(res.keys, dtype=np.uint64).view(np.int64)
         dist = np.asarray(res.distances, dtype=np.float64)
         return local[: len(dist)], dist
@@ -940,7 +979,8 @@ class VectorIndex:
                     reason += f"; widened {len(counts) - 1}x to count {_fmt_int(count)}"
                 return self._keys[take], scores, plan.strategy, reason
             nxt = min(n, count * 2)
-            if short or nxt >= n or spent_us + self.cost.hnsw(nxt, ef) > max(est_exact, 1.0):
+            too_dear = spent_us + self.cost.hnsw(nxt, ef) > max(est_exact, 1.0)
+            if short or nxt >= n or (too_dear and not plan.forced):
                 why = (
                     "the HNSW graph returned fewer rows than asked"
                     if short
