@@ -978,7 +978,15 @@ class VectorIndex:
                 if len(counts) > 1:
                     reason += f"; widened {len(counts) - 1}x to count {_fmt_int(count)}"
                 return self._keys[take], scores, plan.strategy, reason
-            nxt = min(n, count * 2)
+            # Widen: at least double; when the hits came sparser than the selectivity predicted
+            # (a filter anti-correlated with the query), jump to the count the observed hit rate
+            # needs, so that a hopeless widening gives up for the exact scan at once.
+            nxt = count * 2
+            if len(hits) and not plan.forced:
+                nxt = max(nxt, math.ceil(count * k * self.margin / len(hits)))
+            elif not len(hits) and not plan.forced:
+                nxt = max(nxt, count * 8)
+            nxt = min(n, nxt)
             too_dear = spent_us + self.cost.hnsw(nxt, ef) > max(est_exact, 1.0)
             if short or nxt >= n or (too_dear and not plan.forced):
                 why = (

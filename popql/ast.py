@@ -846,6 +846,8 @@ class Show(Statement):
     target: str | None = None  # the variable name or LIKE pattern as written
     name: tuple[Identifier, ...] = ()
     full: bool = False
+    extended: bool = False
+    verbose: bool = False
 
 
 @dataclass(frozen=True)

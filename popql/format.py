@@ -797,7 +797,10 @@ class Printer:
         return f"RESET {n.name}"
 
     def _Show(self, n: A.Show) -> str:
-        full = "FULL " if n.full else ""
+        full = ("EXTENDED " if n.extended else "") + ("FULL " if n.full else "")
+        verbose = " VERBOSE" if n.verbose else ""
+        if n.kind == "TIME ZONE":
+            return "SHOW TIME ZONE" + verbose
         if n.kind == "ALL":
             return "SHOW ALL"
         if n.kind == "TABLES":
@@ -809,7 +812,7 @@ class Printer:
         if n.kind == "POPULATIONS":
             return "SHOW POPULATIONS"
         if n.kind == "VARIABLE":
-            return f"SHOW {n.target}"
+            return f"SHOW {n.target}{verbose}"
         return f"SHOW {n.kind} {self.name(n.name)}"
 
     def _Describe(self, n: A.Describe) -> str:

@@ -1033,7 +1033,8 @@ class _Builder(Transformer):
 
     @_handler
     def named_arg(self, c: list[Any]) -> A.NamedArg:
-        return A.NamedArg(c[0], c[1])
+        name = c[0] if isinstance(c[0], A.Identifier) else A.Identifier(str(c[0]))
+        return A.NamedArg(name, c[1])
 
     @_handler
     def lambda_arg(self, c: list[Any]) -> A.Lambda:
@@ -1552,7 +1553,20 @@ class _Builder(Transformer):
 
     @_handler
     def show_columns(self, c: list[Any]) -> A.Show:
-        return A.Show("COLUMNS", name=c[-1].value, full=_tok(c, "FULL") is not None)
+        return A.Show(
+            "COLUMNS",
+            name=c[-1].value,
+            full=_tok(c, "FULL") is not None,
+            extended=_tok(c, "EXTENDED") is not None,
+        )
+
+    @_handler
+    def show_time_zone(self, c: list[Any]) -> A.Show:
+        return A.Show("TIME ZONE", verbose=_tok(c, "VERBOSE") is not None)
+
+    @_handler
+    def null_word(self, c: list[Any]) -> A.Identifier:
+        return A.Identifier("null")
 
     @_handler
     def show_functions(self, c: list[Any]) -> A.Show:
@@ -1565,7 +1579,9 @@ class _Builder(Transformer):
 
     @_handler
     def show_variable(self, c: list[Any]) -> A.Show:
-        return A.Show("VARIABLE", target=".".join(_ident_text(x) for x in c))
+        words = [x for x in c if not (isinstance(x, Token) and x.type == "VERBOSE")]
+        verbose = len(words) != len(c)
+        return A.Show("VARIABLE", target=".".join(_ident_text(x) for x in words), verbose=verbose)
 
     @_handler
     def show_create(self, c: list[Any]) -> A.Show:
