@@ -149,6 +149,32 @@ def load_embedder() -> tuple[Any | None, str]:
     return None, "; ".join(tried)
 
 
+def speed_twin_of_default() -> tuple[Any, str]:
+    """The default embedder's architecture (open_clip ViT-B-32) with random weights.
+
+    Offline the real weights cannot be downloaded; inference time does not depend on the
+    weights' values, so this twin measures the pipeline's throughput against the default
+    model's cost (never its quality)."""
+    import open_clip
+
+    from popql.engine.embedders import OpenClipEmbedder
+
+    model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)
+    model.eval()
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    twin = OpenClipEmbedder(
+        model=model,
+        preprocess=preprocess,
+        tokenizer=tokenizer,
+        key="vit_b_32_speed_twin",
+        spec="ViT-B-32 (random weights, speed twin)",
+        identity="ViT-B-32@random",
+        name="ViT-B-32",
+        weights=[],
+    )
+    return twin, "ViT-B-32 architecture with random weights (speed only)"
+
+
 # ---------------------------------------------------------------------------------------------
 # (a) re-ingest
 # ---------------------------------------------------------------------------------------------
@@ -281,7 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="640x480", help="image size WxH (default 640x480)")
     parser.add_argument("--quick", action="store_true", help="200 images, 128 for (b), 1 run")
     parser.add_argument("--only", choices=("reingest", "throughput"))
-    parser.add_argument("--model", choices=("auto", "embedder", "imagenet"), default="auto")
+    parser.add_argument(
+        "--model", choices=("auto", "embedder", "vit-b-32-speed", "imagenet"), default="auto"
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=3, help="timed runs for (b) (median)")
     parser.add_argument(
@@ -318,7 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"corpus: {len(files)} JPEGs {w}x{h} in {folder} ({time.perf_counter() - t0:.1f} s)")
 
     embedder, how = (None, "not requested")
-    if args.model in ("auto", "embedder"):
+    if args.model == "vit-b-32-speed":
+        embedder, how = speed_twin_of_default()
+    elif args.model in ("auto", "embedder"):
         embedder, how = load_embedder()
         print(f"embedder: {embedder.key if embedder else 'none'} ({how})")
 
@@ -347,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.only in (None, "throughput"):
         print(f"\n## (b) pipeline throughput on {args.throughput_images} images")
-        if embedder is not None and args.model in ("auto", "embedder"):
+        if embedder is not None and args.model in ("auto", "embedder", "vit-b-32-speed"):
             model, kind = embedder, "embedder"
         else:
             from popql.engine.taggers import get_tagger

@@ -313,6 +313,21 @@ class Session:
             rows["tagger_version"].append(tagger_version)
         return pa.table(rows, schema=_DESCRIBE_SCHEMA)
 
+    def _describe_dataset_table(self, stmt: Any) -> pa.Table | None:
+        """``DESCRIBE samples`` on a dataset lists each column with the tagger and version that
+        produced it (:meth:`describe`); elsewhere DESCRIBE is DataFusion's."""
+        from popql import ast as A
+
+        if self.dataset is None or not isinstance(stmt, A.Describe):
+            return None
+        if not isinstance(stmt.target, tuple) or len(stmt.target) != 1:
+            return None
+        ident = stmt.target[0]
+        name = ident.value if ident.quote else ident.value.lower()
+        if name not in self._from_dir:
+            return None
+        return self.describe(name)
+
     # -- running text -------------------------------------------------------------------------
 
     def sql(self, text: str, params: Mapping[str, Any] | None = None) -> Result:
@@ -740,6 +755,9 @@ class Session:
         start, end = _statement_range(stmt, text)
         stmt_text = text[start:end]
         span = getattr(stmt, "span", None)
+        described = self._describe_dataset_table(stmt)
+        if described is not None:
+            return Result(described, kind="query", statement=stmt_text, sql=None)
         try:
             lowered = compile_statement(stmt, self.catalog)
         except PopQLError as err:
