@@ -377,7 +377,7 @@ def duckdb_conn(args, data, vectors32, info) -> Any:
 def sweep(args, index, data, perm, queries, info) -> None:
     """Measure where an exact scan over the candidates stops beating the oversampled HNSW
     search (both forced), for uncorrelated and correlated filters."""
-    sels = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)
+    sels = (0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)
     qs = queries[: args.sweep_queries]
     rows = [
         "| selectivity | " + " | ".join(f"{s:.1%}" for s in sels) + " |",

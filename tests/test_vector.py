@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("usearch")
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from popql.engine.vector import (
@@ -267,7 +267,7 @@ _KEYS, _VECTORS, _CLUSTER, _CENTRES = make_data()
 
 
 @settings(
-    max_examples=120,
+    max_examples=250,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -286,6 +286,7 @@ def test_planned_topk_matches_brute_force(index, pred, k, query, approximate):
         centre = int(_CLUSTER[np.flatnonzero(~mask)[0]])  # the query's cluster is filtered out
     q = _CENTRES[centre] + 0.2 * rng.standard_normal(DIM)
     r = index.search(q, k=k, allowed=mask, approximate=approximate)
+    event(f"{kind}: {r.strategy}{' widened' if len(r.stats.get('hnsw_counts', ())) > 1 else ''}")
     check_invariants(index, r, q, mask, k)
     want_k, want_s = ref_ranked(keys, ref_scores(vectors, q), mask)
     if r.strategy in ("exact", "empty"):
