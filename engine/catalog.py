@@ -115,7 +115,7 @@ class DataFusionCatalog:
         schema = self._ctx.sql(sql).schema()
         return [(f.name, f.type) for f in schema]
 
-    def register_udf(self, udf: object) -> None:
+    def register_udf(self, udf: Any) -> None:
         self._ctx.register_udf(udf)
 
     def has_table(self, table: str) -> bool:

@@ -122,12 +122,12 @@ class Scope:
         elif isinstance(item, A.ParenTable):
             self._add(item.table)
         elif isinstance(item, A.DerivedTable) and self.sql_of is not None:
-            qualifier = _norm(item.alias.name) if item.alias else None
+            derived_qualifier = _norm(item.alias.name) if item.alias else None
             sql = self.sql_of(item.query)
             if item.alias and item.alias.columns:
                 cols = ", ".join(f'"{_norm(c)}"' for c in item.alias.columns)
                 sql = f"SELECT * FROM ({sql}) AS __popql_t({cols})"
-            self.relations.append((qualifier, None, sql))
+            self.relations.append((derived_qualifier, None, sql))
 
     def columns_of(self, table: str) -> list[tuple[str, str]] | None:
         if self.catalog is None:
