@@ -53,7 +53,7 @@ import math
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -1015,6 +1015,16 @@ class VectorIndex:
             count = nxt
 
     # -- changes --------------------------------------------------------------------------------
+
+    def subset(self, allowed: Any, **build_options: Any) -> VectorIndex:
+        """A new index over the allowed rows only (a bool mask over :attr:`keys` or int64
+        keys), with its own HNSW graph: a per-partition index for a frequent predicate (a split,
+        a population), which answers top-k queries restricted to it at unfiltered speed where a
+        post-filtered search over the whole index must widen (see docs/vector-search.md)."""
+        mask, _, _ = self._allowed_mask(allowed)
+        rows = np.arange(len(self)) if mask is None else np.flatnonzero(mask)
+        options = {"threads": self.threads, "cost": replace(self.cost), **build_options}
+        return VectorIndex.build(self._keys[rows], np.take(self._matrix, rows, axis=0), **options)
 
     def _writable_hnsw(self) -> Any:
         if self._path is not None:  # memory-mapped view: load an in-memory copy to change it

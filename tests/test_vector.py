@@ -457,3 +457,25 @@ def test_from_snapshot(data, tmp_path):
     q = _CENTRES[9]
     a, b = vi.search(q, k=10, exact=True), back.search(q, k=10, exact=True)
     assert np.array_equal(a.keys, b.keys)
+
+
+def test_subset_index(index):
+    mask = np.isin(_CLUSTER, [1, 2, 3])
+    sub = index.subset(mask, threads=1)
+    assert len(sub) == int(mask.sum())
+    assert set(sub.keys.tolist()) == set(_KEYS[mask].tolist())
+    q = _CENTRES[1]
+    a = sub.search(q, k=10)  # unfiltered HNSW on the partition
+    b = index.search(q, k=10, allowed=mask, exact=True)
+    assert a.strategy == "hnsw"
+    assert len(np.intersect1d(a.keys, b.keys)) >= 9
+
+
+def test_calibrate(data):
+    keys, vectors, _, _ = data
+    vi = VectorIndex.build(keys, vectors, threads=1)
+    cost = vi.calibrate(queries=3)
+    assert cost is vi.cost
+    assert cost.scan_us_per_row > 0 and cost.hnsw_us_per_count > 0
+    assert 0 < vi.crossover(10) <= 1
+    assert vi.search(_CENTRES[0], k=5, allowed=_CLUSTER == 0).keys.size == 5
