@@ -126,6 +126,17 @@ def combine_query(positives: Any, negatives: Any = None, *, dim: int | None = No
     positive is needed. Raises ``ValueError`` on a wrong dimension, non-finite values, a zero
     vector, or examples that cancel out.
     """
+    if negatives is None and isinstance(positives, np.ndarray) and positives.ndim == 1:
+        # the common case, one example: normalise it
+        v = positives.astype(np.float64)
+        if dim is not None and v.shape[0] != dim:
+            raise ValueError(f"positive examples have dimension {v.shape[0]}, the index has {dim}")
+        norm = float(np.sqrt(v @ v))
+        if not math.isfinite(norm):
+            raise ValueError("positive examples contain NaN or infinite values")
+        if norm == 0:
+            raise ValueError("positive examples contain a zero vector (no direction)")
+        return v / norm
     pos = _as_matrix(positives, "positive examples")
     if pos.shape[0] == 0:
         raise ValueError("a query needs at least one positive example")
@@ -706,7 +717,7 @@ class VectorIndex:
         else:
             mask, m = _mask_info
         filtered = mask is not None
-        base = {"rows": n, "allowed": m, "k": k, "threshold": threshold}
+        base: dict[str, Any] = {"rows": n, "allowed": m, "k": k, "threshold": threshold}
         of_n = f"{_fmt_int(m)} of {_fmt_int(n)}" if filtered else f"all {_fmt_int(n)}"
         if n == 0 or m == 0 or k == 0:
             why = (
@@ -856,7 +867,7 @@ class VectorIndex:
         different order), so equal vectors get equal scores; zero vectors score 0."""
         out = np.zeros(len(rows), np.float32)
         for s in range(0, len(rows), 4096):
-            x = np.asarray(self._matrix[rows[s : s + 4096]], np.float64)
+            x = np.take(self._matrix, rows[s : s + 4096], axis=0).astype(np.float64)
             dots = (x * q).sum(axis=1)
             norms = np.sqrt((x * x).sum(axis=1))
             safe = np.where(norms > 0, norms, 1.0)
