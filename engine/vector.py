@@ -597,7 +597,8 @@ class VectorIndex:
         its graph and its copy of the vectors; memory-mapped pages when restored as a view)."""
         return {
             "matrix": int(self._matrix.nbytes),
-            "keys": int(self._keys.nbytes) * (2 if self._sorted is not None else 1),
+            # the keys, plus a sorted copy and its order once a key lookup needed them
+            "keys": int(self._keys.nbytes) * (3 if self._sorted is not None else 1),
             "hnsw": int(self._hnsw.memory_usage),
         }
 
@@ -999,14 +1000,19 @@ class VectorIndex:
                 if len(counts) > 1:
                     reason += f"; widened {len(counts) - 1}x to count {_fmt_int(count)}"
                 return self._keys[take], scores, plan.strategy, reason
-            # Widen: at least double; when the hits came sparser than the selectivity predicted
-            # (a filter anti-correlated with the query), jump to the count the observed hit rate
-            # needs, so that a hopeless widening gives up for the exact scan at once.
+            # Widen: at least double. When the hits came sparser than the selectivity predicted
+            # (a filter anti-correlated with the query: the allowed rows start deep in the
+            # ranking), jump to the count that the observed start and density of the hits
+            # need, so that a hopeless widening gives up for the exact scan at once.
             nxt = count * 2
-            if len(hits) and not plan.forced:
-                nxt = max(nxt, math.ceil(count * k * self.margin / len(hits)))
-            elif not len(hits) and not plan.forced:
-                nxt = max(nxt, count * 8)
+            if not plan.forced:
+                if len(hits):
+                    first = int(hits[0])
+                    rate = len(hits) / max(1, count - first)
+                    need = self.margin * (first + k / rate)
+                    nxt = max(nxt, math.ceil(1.1 * need))
+                else:
+                    nxt = count * 8
             nxt = min(n, nxt)
             too_dear = spent_us + self.cost.hnsw(nxt, ef) > max(est_exact, 1.0)
             if short or nxt >= n or (too_dear and not plan.forced):
