@@ -34,7 +34,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from popql import ast as A
-from popql.check import Catalog, ColumnInfo, Scope, is_list_type, is_text_type, list_item_type
+from popql.check import (
+    Catalog,
+    ColumnInfo,
+    Scope,
+    is_image_column,
+    is_list_type,
+    is_text_type,
+    list_item_type,
+)
 from popql.diagnostics import Diagnostic, PopQLError, did_you_mean
 from popql.format import format_node, to_sql
 
@@ -381,7 +389,7 @@ def lower_similar_to(lw: _Lowering, node: A.SimilarTo, scope: Scope | None) -> A
                 ),
             )
         )
-    if info is not None and not _is_image(info):
+    if info is not None and not is_image_column(info):
         raise PopQLError(
             (
                 Diagnostic(
@@ -398,12 +406,6 @@ def lower_similar_to(lw: _Lowering, node: A.SimilarTo, scope: Scope | None) -> A
     raise not_available(node)
 
 
-def _is_image(info: ColumnInfo) -> bool:
-    from popql.check import is_image_column
-
-    return is_image_column(info)
-
-
 def _image_hint(scope: Scope | None) -> tuple[str, ...]:
     if scope is None:
         return ()
@@ -416,7 +418,7 @@ def _image_hint(scope: Scope | None) -> tuple[str, ...]:
 def lower_near(lw: _Lowering, node: A.Near, scope: Scope | None) -> A.Expr:
     if node.operand is not None:
         info = lw.operand_info(node.operand, scope)
-        if info is not None and not _is_image(info):
+        if info is not None and not is_image_column(info):
             raise PopQLError(
                 (
                     Diagnostic(
