@@ -69,6 +69,7 @@ import pyarrow as pa
 from popql.diagnostics import Diagnostic, PopQLError, did_you_mean_hint, internal_error
 
 from .catalog import DataFusionCatalog, arrow_type_name
+from .commands import CommandContext, handler_for
 from .dataset import (
     INGEST_ERRORS_SCHEMA,
     SAMPLES_SCHEMA,
@@ -758,6 +759,19 @@ class Session:
         described = self._describe_dataset_table(stmt)
         if described is not None:
             return Result(described, kind="query", statement=stmt_text, sql=None)
+        handler = handler_for(stmt)
+        if handler is not None:
+            context = CommandContext(text, stmt_text, file, params, execute)
+            try:
+                handled = handler(self, stmt, context)
+            except PopQLError as err:
+                raise _with_context(err, text, file) from err
+            except Exception as exc:
+                raise PopQLError(
+                    internal_error(exc, stmt_text, span, file), source=text, file=file
+                ) from exc
+            if handled is not None:
+                return handled
         try:
             lowered = compile_statement(stmt, self.catalog)
         except PopQLError as err:
