@@ -477,7 +477,7 @@ def search_relation(
         return _unique_relation(lw, scope, qualifier, node, construct)
     if construct == "SIMILAR TO" and not has_options and (info is None or is_text_type(info.type)):
         return None  # SQL's regular-expression match (or an unknown column for DataFusion)
-    if info is not None and is_text_type(info.type):
+    if info is not None and is_text_type(info.type) and construct == "SIMILAR TO":
         raise PopQLError(
             (
                 Diagnostic(
