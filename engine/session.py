@@ -184,6 +184,11 @@ def _is_pandas_frame(obj: object) -> bool:
 class Session:
     """A PopQL session over one DataFusion :class:`~datafusion.SessionContext`.
 
+    On a versioned dataset with taggers, the ``samples`` view is joined once and kept in
+    memory when the session runs its first statement (datasets of up to
+    :attr:`materialize_rows` samples; set it to 0 before the first statement to keep the lazy
+    view).
+
     Attributes:
         ctx: the DataFusion context (information_schema enabled, ``target_partitions`` =
             ``os.cpu_count()``). Using it directly is fine; PopQL reads its catalog live.
@@ -193,6 +198,9 @@ class Session:
             dataset (has ``manifest.json``), else None.
         snapshot: the :class:`~popql.engine.dataset.Snapshot` the session reads, or None.
     """
+
+    #: Largest dataset (in samples) whose ``samples`` view is materialized in memory.
+    materialize_rows: int = 2_000_000
 
     def __init__(
         self,
@@ -220,6 +228,7 @@ class Session:
         self.snapshot: Snapshot | None = None
         # names registered from the directory -> describe() rows (column -> source info)
         self._from_dir: dict[str, dict[str, tuple[str, str | None, str | None]]] = {}
+        self._pending_samples: str | None = None  # the samples view's SQL, until materialized
         if path is not None:
             self.path = Path(path)
             self._open_dataset(self.path, version)
@@ -375,6 +384,7 @@ class Session:
         if not isinstance(text, str):
             raise TypeError(f"PopQL text must be a str, not {type(text).__name__}")
         script = self._parse(text, file)
+        self._materialize_samples()
         previous: Result | None = None
         for stmt in script.statements:
             if previous is not None and previous.kind == "query" and not previous.consumed:
@@ -648,6 +658,9 @@ class Session:
             return
         self._replace("samples")
         self.ctx.register_view(quote_identifier("samples"), self.ctx.sql(sql))
+        self._pending_samples = None
+        if len(aliases) > 1 and snapshot.num_rows("samples") <= self.materialize_rows:
+            self._pending_samples = sql
         self._from_dir["samples"] = {
             c.name: (
                 "samples" if c.table == "samples" else c.table,
@@ -656,6 +669,32 @@ class Session:
             )
             for c in columns
         }
+
+    def _materialize_samples(self) -> None:
+        """Replace the ``samples`` view by its rows in memory, once per opened version.
+
+        The view LEFT JOINs the samples table with every tagger's table on ``sample_id``;
+        DataFusion re-runs those hash joins on string keys in every query (about 25 ms per
+        100,000 samples), and a similarity search runs two queries over the view. Joining
+        once when the session first runs a statement (about 50 ms and 100 bytes of tags per
+        sample at 100,000 samples) makes later queries scan memory (about 1.5 ms).
+        Datasets above ``materialize_rows`` samples keep the lazy view.
+        """
+        sql = self._pending_samples
+        if sql is None:
+            return
+        self._pending_samples = None
+        try:
+            table = self.ctx.sql(sql).to_arrow_table()
+        except Exception:
+            return  # the view stays; a query over it reports the problem with its context
+        parts = max(1, min(os.cpu_count() or 1, table.num_rows // 65536 or 1))
+        size = -(-table.num_rows // parts) if table.num_rows else 1
+        batches = table.combine_chunks().to_batches(max_chunksize=size) or [
+            pa.RecordBatch.from_pylist([], schema=table.schema)
+        ]
+        self._replace("samples")
+        self.ctx.register_record_batches(quote_identifier("samples"), [[b] for b in batches])
 
     def _close_dataset(self) -> None:
         """Deregister every table registered from the directory."""
