@@ -39,9 +39,9 @@ written by ``popql ingest``). The session reads one snapshot -- the current vers
 ``pyarrow.dataset`` tables):
 
 * ``samples``: a view, the samples table LEFT JOINed on ``sample_id`` with each tagger's
-  table (a column whose name is taken already is prefixed ``<tagger>_``) plus
-  ``embedding_<key>`` per embedder; ``Session.describe('samples')`` says which tagger and
-  version produced each column;
+  table (a column whose name is taken already is prefixed ``<tagger>_``), materialized in
+  memory when the session runs its first statement (see :meth:`Session._materialize_samples`);
+  ``Session.describe('samples')`` says which tagger and version produced each column;
 * ``"data.samples"``: the samples table alone;
 * every table of the snapshot under its own name: ``"tags.<tagger>@<version>"`` (so older
   tagger versions stay queryable), ``"embeddings.<key>"``, ``ingest_errors`` (empty when the
