@@ -104,6 +104,7 @@ CODES: dict[str, str] = {
     "M002": "unknown model",
     "M003": "model does not load",
     "M004": "model packages not installed",
+    "M005": "population written for another embedder",
     # -- bugs --
     "I001": "internal error",
 }
