@@ -491,8 +491,18 @@ def _expand_population(lw: _Lowering, node: A.TableName) -> A.TableRef | None:
         )
     inner = _Lowering(lw.catalog)
     inner.expanding = (*lw.expanding, name)
+    text = format_node(query)
     try:
         lowered = inner.visit(query, None)
+        plan = getattr(lw.catalog, "query_columns", None)
+        if plan is not None:
+            sql = to_sql(lowered)
+            try:
+                plan(sql)  # DataFusion's own errors, told against the population's query
+            except Exception as exc:
+                from popql.engine.errors import message_of, translate_message
+
+                raise PopQLError(translate_message(message_of(exc), text, sql=sql)) from exc
     except PopQLError as err:
         raise PopQLError(
             tuple(
@@ -500,7 +510,7 @@ def _expand_population(lw: _Lowering, node: A.TableName) -> A.TableRef | None:
                     d.code,
                     f"in population '{name}': {d.message}",
                     node.span,
-                    hints=(*d.hints, f"population '{name}' is: {format_node(query)}"),
+                    hints=(*d.hints, f"population '{name}' is: {text}"),
                 )
                 for d in err.diagnostics
             )

@@ -449,9 +449,7 @@ def identity_problem(
                 f"{k} ({m.get('identity') if isinstance(m, dict) else '?'})"
                 for k, m in embedders.items()
             )
-            what = f"this dataset has no embedder '{key}'" + (
-                f" (it has {found})" if found else ""
-            )
+            what = f"this dataset has no embedder '{key}'" + (f" (it has {found})" if found else "")
         else:
             what = f"this dataset's '{key}' is now {now}"
         return PopQLError(
@@ -620,7 +618,9 @@ def _refresh(session: Session) -> None:
         session.refresh()
 
 
-def create_population(session: Session, stmt: A.CreatePopulation, context: CommandContext) -> Result:
+def create_population(
+    session: Session, stmt: A.CreatePopulation, context: CommandContext
+) -> Result:
     from .lower import compile_statement
 
     name = norm_name(stmt.name)
@@ -650,15 +650,18 @@ def create_population(session: Session, stmt: A.CreatePopulation, context: Comma
             )
         )
     for node in stmt.query.walk():
-        if isinstance(node, A.TableName) and len(node.name) == 1:
-            if norm_name(node.name[0]) == name:
-                raise PopQLError(
-                    Diagnostic(
-                        "N006",
-                        f"population '{name}' cannot be defined in terms of itself",
-                        node.span,
-                    )
+        if (
+            isinstance(node, A.TableName)
+            and len(node.name) == 1
+            and norm_name(node.name[0]) == name
+        ):
+            raise PopQLError(
+                Diagnostic(
+                    "N006",
+                    f"population '{name}' cannot be defined in terms of itself",
+                    node.span,
                 )
+            )
     # Check and plan the query now: its errors point into the statement being written.
     lowered = compile_statement(stmt.query, session.catalog)
     for udf in lowered.udfs:
@@ -767,8 +770,7 @@ def show(session: Session, stmt: A.Show, context: CommandContext) -> Result | No
             "query": [p.query for p in pops],
             "query_hash": [p.query_hash for p in pops],
             "embedders": [
-                ", ".join(f"{k}={v}" for k, v in sorted(p.embedders.items())) or None
-                for p in pops
+                ", ".join(f"{k}={v}" for k, v in sorted(p.embedders.items())) or None for p in pops
             ],
             "hold_out_percent": pa.array(
                 [holdouts[p.name].percent if p.name in holdouts else None for p in pops],
@@ -898,9 +900,7 @@ def diff_population(session: Session, stmt: A.DiffPopulation, context: CommandCo
     before = set(frozen.members)
     query_changed = frozen.query_hash != pop.query_hash
     old = (
-        member_ids(session, pop, query=frozen.query, check_identity=False)
-        if query_changed
-        else now
+        member_ids(session, pop, query=frozen.query, check_identity=False) if query_changed else now
     )
     current = _embedder_identities(session)
     model_changed = any(
@@ -1158,9 +1158,7 @@ def show_splits(session: Session, stmt: A.ShowSplits, context: CommandContext) -
     if not context.execute:
         return _result(BREAKDOWN_SCHEMA.empty_table(), context)
     splits = sample_splits(session)
-    split_of = dict(
-        zip(splits.column(0).to_pylist(), splits.column(1).to_pylist(), strict=True)
-    )
+    split_of = dict(zip(splits.column(0).to_pylist(), splits.column(1).to_pylist(), strict=True))
     totals: dict[str, int] = {}
     for value in split_of.values():
         totals[value] = totals.get(value, 0) + 1
@@ -1445,4 +1443,3 @@ def _make_torch_dataset(
             return image, y
 
     return PopulationDataset()
-
