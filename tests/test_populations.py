@@ -682,3 +682,25 @@ def test_leakage_finds_planted_near_duplicates(tmp_path: Path) -> None:
                 expected.add(frozenset((ids[i], ids[j])))
     got = {frozenset((r["sample_id"], r["other_sample_id"])) for r in rows}
     assert got == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "CREATE POPULATION night AS SELECT * FROM samples",
+        "FREEZE POPULATION night AS 'v1'",
+        "DIFF POPULATION night",
+        "HOLD OUT 10 PERCENT OF night",
+        "SHOW POPULATIONS",
+        "SHOW SPLITS OF night",
+        "SHOW LEAKAGE THRESHOLD 0.9",
+        "DROP POPULATION night",
+    ],
+)
+def test_population_statements_have_no_sql_form(text: str) -> None:
+    from popql.engine.lower import compile_statement
+
+    with pytest.raises(PopQLError) as info:
+        compile_statement(parse(text).statements[0], None)
+    assert info.value.code == "X002" and "a PopQL session executes it" in str(info.value)
+    assert compile_statement(parse("SHOW TABLES").statements[0], None).sql == "SHOW TABLES"
