@@ -225,7 +225,8 @@ def _population_on_other_embedder(folder: Path) -> list[object]:
         tx.set_embedder("clip", {**meta, "identity": "ViT-B-16@sha256:5d1e"})
     session = connect(folder / "ds")
     query = "SELECT * FROM samples WHERE image SIMILAR TO 'a dog' THRESHOLD 0.27"
-    pop = PopulationDef("dogs", query, query_hash(query), embedders={"clip": "ViT-B-32@sha256:9f3c"})
+    used = {"clip": "ViT-B-32@sha256:9f3c"}
+    pop = PopulationDef("dogs", query, query_hash(query), embedders=used)
     store_of(session).update("dogs", lambda st: st.populations.__setitem__("dogs", pop))
     text = CASES["population_other_embedder"].text
     return [r.to_arrow() for r in connect(folder / "ds").execute(text, file="query.popql")]
