@@ -492,7 +492,7 @@ def require(session: Session, ident: A.Identifier | str, span: Span | None = Non
     if pop is None:
         known = sorted(store_of(session).read().populations)
         hint = did_you_mean_hint(name, known)
-        hints = (hint,) if hint else ()
+        hints: tuple[str, ...] = (hint,) if hint else ()
         if not known:
             hints += ("no population is defined yet: CREATE POPULATION name AS SELECT ...",)
         raise PopQLError(Diagnostic("N004", f"unknown population '{name}'", span, hints=hints))
