@@ -990,7 +990,7 @@ def hold_out(session: Session, stmt: A.HoldOut, context: CommandContext) -> Resu
                 stmt.span,
             )
         )
-    if session.dataset is None:
+    if session.dataset is None and context.execute:
         raise PopQLError(
             Diagnostic(
                 "X002",
@@ -1219,6 +1219,8 @@ def show_leakage(session: Session, stmt: A.ShowLeakage, context: CommandContext)
                 stmt.span,
             )
         )
+    if not context.execute:
+        return _result(LEAKAGE_SCHEMA.empty_table(), context)
     snap = session.snapshot
     embedders = dict(snap.embedders) if snap is not None else {}
     using = ".".join(p.value for p in stmt.using) if stmt.using else None
@@ -1237,8 +1239,6 @@ def show_leakage(session: Session, stmt: A.ShowLeakage, context: CommandContext)
                 hints=("ingest with an embedder: popql ingest DIR --dataset DS --embedder SPEC",),
             )
         )
-    if not context.execute:
-        return _result(LEAKAGE_SCHEMA.empty_table(), context)
     import numpy as np
 
     from .images import sample_key_of

@@ -270,6 +270,8 @@ def test_popql_run_suite_file(ds: Path, tmp_path: Path) -> None:
         "  SELECT * FROM samples WHERE brightness < 0.2;\n"
         "CREATE OR REPLACE POPULATION bags AS SELECT * FROM samples WHERE label = 'bag';\n"
         "SELECT count(*) AS n FROM dark;\n"
+        "HOLD OUT 10 PERCENT OF dark SALT 'suite';\n"
+        "SHOW SPLITS OF dark;\n"
         "SHOW POPULATIONS;\n",
         encoding="utf-8",
     )
