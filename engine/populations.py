@@ -30,11 +30,12 @@ table                    one row per
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -582,10 +583,26 @@ class _identity_check:
         self.session._population_identity_check = True
 
 
+@contextlib.contextmanager
+def searches(session: Session, execute: bool = True) -> Iterator[None]:
+    """One statement's worth of similarity searches (their result tables are dropped after):
+    a handler that compiles a query itself (rather than through ``session.sql``) brackets it
+    with this, as ``Session._run_statement`` does for a lowered statement."""
+    service = getattr(session, "similarity", None)
+    if service is None:
+        yield
+        return
+    service.begin("run" if execute else "check")
+    try:
+        yield
+    finally:
+        service.end()
+
+
 def _output_columns(session: Session, pop: PopulationDef, text: str) -> list[str]:
     from .lower import compile_statement
 
-    with _identity_check(session, False):
+    with _identity_check(session, False), searches(session):
         lowered = compile_statement(parse_query(text), session.catalog)
         return [name for name, _ in session.catalog.query_columns(lowered.sql)]
 
@@ -663,17 +680,18 @@ def create_population(
                 )
             )
     # Check and plan the query now: its errors point into the statement being written.
-    lowered = compile_statement(stmt.query, session.catalog)
-    for udf in lowered.udfs:
-        session.ctx.register_udf(udf)
-    if context.execute:
-        try:
-            session.ctx.sql(lowered.sql).schema()
-        except Exception as exc:
-            text = context.text
-            span = stmt.query.span
-            rng = (span.start, span.end) if span is not None else (0, len(text))
-            raise session._translate(exc, text, rng, context.file, lowered.sql) from exc
+    with searches(session, context.execute):
+        lowered = compile_statement(stmt.query, session.catalog)
+        for udf in lowered.udfs:
+            session.ctx.register_udf(udf)
+        if context.execute:
+            try:
+                session.ctx.sql(lowered.sql).schema()
+            except Exception as exc:
+                text = context.text
+                span = stmt.query.span
+                rng = (span.start, span.end) if span is not None else (0, len(text))
+                raise session._translate(exc, text, rng, context.file, lowered.sql) from exc
     text = query_text(stmt.query)
     snap = session.snapshot
     pop = PopulationDef(
@@ -1330,7 +1348,8 @@ class Population:
         """The members' rows (all columns of the population's query), optionally only those
         in ``split`` (``'train'``, ``'test'``..., or several)."""
         name = _quote(self.name)
-        columns = [c for c, _ in self.session.catalog.columns(self.name) or []]
+        with searches(self.session):
+            columns = [c for c, _ in self.session.catalog.columns(self.name) or []]
         has_split = self.session.catalog.has_table("samples") and "split" in {
             c for c, _ in self.session.catalog.columns("samples") or []
         }

@@ -706,3 +706,64 @@ def test_population_statements_have_no_sql_form(text: str) -> None:
         compile_statement(parse(text).statements[0], None)
     assert info.value.code == "X002" and "a PopQL session executes it" in str(info.value)
     assert compile_statement(parse("SHOW TABLES").statements[0], None).sql == "SHOW TABLES"
+
+
+def _perturbed_copy(tmp_path: Path) -> Path:
+    """models/fmnist-clip with one weight changed: the same embedder name and key, another
+    identity (sha256 of the weights)."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    from popql.engine.embedders import FMNIST_CLIP_DIR
+
+    target = tmp_path / "other" / FMNIST_CLIP_DIR.name
+    shutil.copytree(FMNIST_CLIP_DIR, target)
+    weights = target / "open_clip_model.safetensors"
+    tensors = load_file(str(weights))
+    name = sorted(tensors)[0]
+    tensors[name] = (tensors[name] * 1.001).astype(tensors[name].dtype)
+    save_file(tensors, str(weights))
+    return target
+
+
+def test_similarity_population_refuses_another_embedder_end_to_end(tmp_path: Path) -> None:
+    """CREATE POPULATION with SIMILAR TO records the embedder's identity; after the dataset is
+    re-embedded by other weights under the same name, using it is refused (M005), DIFF
+    explains the change, and re-creating it works."""
+    pytest.importorskip("torch")
+    pytest.importorskip("open_clip")
+    pytest.importorskip("safetensors")
+    from popql.engine.embedders import TEST_EMBEDDER
+
+    folder = tmp_path / "img"
+    write_images(folder, 0, 30)
+    ds = tmp_path / "ds"
+    ingest_images(ds, folder, embedder=TEST_EMBEDDER)
+    s = connect(ds)
+    assert s.snapshot is not None
+    ((key, meta),) = s.snapshot.embedders.items()
+    before = meta["identity"]
+    query = "SELECT * FROM samples WHERE image SIMILAR TO 'a photo of a sneaker' TOP 5"
+    s.sql(f"CREATE POPULATION sneakers AS {query}")
+    shown = s.sql("SHOW POPULATIONS").to_pylist()[0]
+    assert shown["embedders"] == f"{key}={before}"
+    assert s.sql("SELECT count(*) AS n FROM sneakers").to_pylist() == [{"n": 5}]
+    s.sql("FREEZE POPULATION sneakers AS 'v1'")
+
+    other = _perturbed_copy(tmp_path)
+    ingest_images(ds, folder, embedder=f"local-dir:{other}")
+    s = connect(ds)
+    assert s.snapshot is not None
+    after = s.snapshot.embedders[key]["identity"]
+    assert after != before
+    with pytest.raises(PopQLError) as info:
+        s.execute("SELECT count(*)\nFROM sneakers", file="q.popql")
+    text = str(info.value)
+    assert info.value.code == "M005" and before in text and after in text
+    assert "q.popql:2:6" in text and "CREATE OR REPLACE POPULATION sneakers" in text
+    diff = s.sql("DIFF POPULATION sneakers FROM 'v1'").to_pylist()
+    assert {r["reason"] for r in diff} <= {"changed model"}
+    s.sql(f"CREATE OR REPLACE POPULATION sneakers AS {query}")
+    assert s.sql("SELECT count(*) AS n FROM sneakers").to_pylist() == [{"n": 5}]
+    assert s.sql("SHOW POPULATIONS").to_pylist()[0]["embedders"] == f"{key}={after}"
