@@ -327,8 +327,20 @@ class DatasetStore:
 
 def store_of(session: Session) -> MemoryStore | DatasetStore:
     store = getattr(session, "_population_store", None)
-    if store is None:
+    if isinstance(store, DatasetStore) and session.dataset is None:
+        store = None  # the session left its dataset
+    if store is None or (isinstance(store, MemoryStore) and session.dataset is not None):
+        # a session that just became a dataset (its first ingest) starts from the dataset's
+        # populations, carrying over those defined in memory
+        old = store.read() if isinstance(store, MemoryStore) else None
         store = DatasetStore(session) if session.dataset is not None else MemoryStore()
+        if old is not None and old.populations and isinstance(store, DatasetStore):
+            store.update(
+                "populations defined before the first ingest",
+                lambda s: s.populations.update(
+                    {k: v for k, v in old.populations.items() if k not in s.populations}
+                ),
+            )
         session._population_store = store
     return store
 

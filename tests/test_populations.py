@@ -767,3 +767,17 @@ def test_similarity_population_refuses_another_embedder_end_to_end(tmp_path: Pat
     s.sql(f"CREATE OR REPLACE POPULATION sneakers AS {query}")
     assert s.sql("SELECT count(*) AS n FROM sneakers").to_pylist() == [{"n": 5}]
     assert s.sql("SHOW POPULATIONS").to_pylist()[0]["embedders"] == f"{key}={after}"
+
+
+def test_populations_defined_before_the_first_ingest_are_kept(tmp_path: Path) -> None:
+    write_images(tmp_path / "img", 0, 5)
+    s = connect(tmp_path / "ds")  # a plain directory: no manifest yet
+    s.register("samples", pa.table({"sample_id": ["x"], "brightness": [0.5]}))
+    s.sql("CREATE POPULATION bright AS SELECT * FROM samples WHERE brightness > 0.4")
+    s.deregister("samples")
+    s.ingest([str(p) for p in sorted((tmp_path / "img").glob("*.png"))], taggers=["image_stats"],
+             embedder=None, progress=False)  # fmt: skip
+    assert s.dataset is not None and s.population_names() == ["bright"]
+    assert connect(tmp_path / "ds").population_names() == ["bright"]
+    n = s.sql("SELECT count(*) AS n FROM samples WHERE brightness > 0.4").to_pylist()[0]["n"]
+    assert s.sql("SELECT count(*) AS n FROM bright").to_pylist() == [{"n": n}]
