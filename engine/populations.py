@@ -1233,6 +1233,77 @@ LEAKAGE_SCHEMA = pa.schema(
 )
 
 
+#: Above this many (query row x indexed row) similarities, SHOW LEAKAGE searches the HNSW
+#: graph (top LEAKAGE_NEIGHBOURS per sample, approximate) instead of scanning exactly.
+EXACT_LEAKAGE_LIMIT = 4_000_000_000
+
+
+def cross_split_pairs(index: Any, row_split: Any, threshold: float) -> list[tuple[int, int, float]]:
+    """``(row, other row, cosine)`` for pairs of rows of ``index`` (a
+    :class:`~popql.engine.vector.VectorIndex`) in different splits scoring at least
+    ``threshold``; ``row_split[i]`` is the split of row ``i`` ("" = none, skipped).
+
+    The rows of every split but the largest are the queries. Up to ``EXACT_LEAKAGE_LIMIT``
+    similarities the scan is exact: the index's float16 matrix in blocks through matrix
+    products, candidates rescored in float64 as ``VectorIndex`` scores them. Beyond it each
+    query asks the HNSW graph for its nearest rows in the other splits (``search(...,
+    approximate=True)``), so a sample with more than LEAKAGE_NEIGHBOURS near-duplicates may
+    show only that many."""
+    import numpy as np
+
+    row_split = np.asarray(row_split, dtype=object)
+    valid = row_split != ""
+    sizes = {str(v): int((row_split == v).sum()) for v in set(row_split[valid].tolist())}
+    if len(sizes) < 2:
+        return []
+    largest = max(sizes, key=lambda v: (sizes[v], v))
+    queries = np.flatnonzero(valid & (row_split != largest))
+    matrix = index.matrix
+    n = len(row_split)
+    out: list[tuple[int, int, float]] = []
+    if len(queries) * n > EXACT_LEAKAGE_LIMIT:
+        masks = {v: valid & (row_split != v) for v in sizes}
+        for row in queries.tolist():
+            q = np.asarray(matrix[row], dtype=np.float32)
+            found = index.search(
+                q, k=LEAKAGE_NEIGHBOURS, allowed=masks[row_split[row]], approximate=True
+            )
+            rows = index.rows_of(found.keys)[0] if len(found.keys) else []
+            for other, score in zip(list(rows), found.scores.tolist(), strict=True):
+                if score >= threshold:
+                    out.append((row, int(other), float(score)))
+        return out
+    codes = {v: i for i, v in enumerate(sorted(sizes))}
+    split_code = np.array([codes.get(v, -1) for v in row_split.tolist()], dtype=np.int64)
+    slack = 1e-3  # float32 products, then an exact float64 rescoring of the candidates
+    block = 65536
+    for q0 in range(0, len(queries), 1024):
+        qrows = queries[q0 : q0 + 1024]
+        q64 = np.asarray(matrix[qrows], dtype=np.float64)
+        qn = np.linalg.norm(q64, axis=1)
+        q32 = (q64 / np.where(qn == 0, 1, qn)[:, None]).astype(np.float32)
+        for b0 in range(0, n, block):
+            b64 = np.asarray(matrix[b0 : b0 + block], dtype=np.float64)
+            bn = np.linalg.norm(b64, axis=1)
+            b32 = (b64 / np.where(bn == 0, 1, bn)[:, None]).astype(np.float32)
+            scores = q32 @ b32.T
+            qi, bi = np.nonzero(scores >= threshold - slack)
+            if not len(qi):
+                continue
+            rows_a = qrows[qi]
+            rows_b = bi + b0
+            keep = (split_code[rows_a] != split_code[rows_b]) & (split_code[rows_b] >= 0)
+            rows_a, rows_b = rows_a[keep], rows_b[keep]
+            qi, bi = qi[keep], bi[keep]
+            exact = np.einsum("ij,ij->i", q64[qi], b64[bi]) / (qn[qi] * bn[bi])
+            hit = exact.astype(np.float32) >= np.float32(threshold)
+            for a, b, sc in zip(
+                rows_a[hit].tolist(), rows_b[hit].tolist(), exact[hit].tolist(), strict=True
+            ):
+                out.append((a, b, float(np.float32(sc))))
+    return out
+
+
 def show_leakage(session: Session, stmt: A.ShowLeakage, context: CommandContext) -> Result:
     """Near-duplicate pairs across splits: every pair of samples in different splits whose
     embeddings' cosine similarity is at least the threshold (default 0.95), best first.
@@ -1286,24 +1357,13 @@ def show_leakage(session: Session, stmt: A.ShowLeakage, context: CommandContext)
     if len(sizes) < 2:
         return _result(LEAKAGE_SCHEMA.empty_table(), context)
     largest = max(sizes, key=lambda s: (sizes[s], s))
-    matrix = index.matrix
     pairs: dict[tuple[str, str], float] = {}
-    for row in np.flatnonzero((row_split != largest) & (row_split != "")):
-        here = row_split[row]
-        allowed = (row_split != here) & (row_split != "")
-        result = index.search(
-            np.asarray(matrix[row], dtype=np.float32),
-            k=LEAKAGE_NEIGHBOURS,
-            threshold=threshold,
-            allowed=allowed,
-        )
-        a = id_of_key.get(int(keys[row]))
-        for k, score in zip(result.keys.tolist(), result.scores.tolist(), strict=True):
-            b = id_of_key.get(int(k))
-            if a is None or b is None or a == b:
-                continue
-            pair = (a, b) if a < b else (b, a)
-            pairs[pair] = max(pairs.get(pair, -2.0), float(score))
+    for ra, rb, score in cross_split_pairs(index, row_split, threshold):
+        a, b = id_of_key.get(int(keys[ra])), id_of_key.get(int(keys[rb]))
+        if a is None or b is None or a == b:
+            continue
+        pair = (a, b) if a < b else (b, a)
+        pairs[pair] = max(pairs.get(pair, -2.0), score)
     ordered = sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))
     uris = _uris(session, sorted({x for (a, b), _ in ordered for x in (a, b)}))
     # the sample of the smaller split first

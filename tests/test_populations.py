@@ -781,3 +781,42 @@ def test_populations_defined_before_the_first_ingest_are_kept(tmp_path: Path) ->
     assert connect(tmp_path / "ds").population_names() == ["bright"]
     n = s.sql("SELECT count(*) AS n FROM samples WHERE brightness > 0.4").to_pylist()[0]["n"]
     assert s.sql("SELECT count(*) AS n FROM bright").to_pylist() == [{"n": n}]
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_cross_split_pairs_exact_and_through_the_graph(
+    exact: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leakage scan finds planted near-copies across splits, exactly (blocked matrix
+    products) and through the HNSW graph (large inputs), and never pairs within a split."""
+    pytest.importorskip("usearch")
+    from popql.engine import populations
+    from popql.engine.vector import VectorIndex
+
+    if not exact:
+        monkeypatch.setattr(populations, "EXACT_LEAKAGE_LIMIT", 0)
+    rng = np.random.default_rng(1)
+    n = 600
+    m = rng.normal(size=(n, 64))
+    for j in range(20):  # row n-1-j is a near copy of row j
+        m[n - 1 - j] = m[j] + rng.normal(scale=0.02, size=64)
+    m /= np.linalg.norm(m, axis=1, keepdims=True)
+    index = VectorIndex.build(np.arange(n, dtype=np.int64), m.astype(np.float16))
+    split = np.array(["train"] * n, dtype=object)
+    split[n - 10 :] = "test"  # copies of rows 0..9 are in test, of rows 10..19 in train
+    split[5] = "val"
+    pairs = populations.cross_split_pairs(index, split, 0.9)
+    got = {frozenset((a, b)) for a, b, _ in pairs}
+    f = index.matrix.astype(np.float64)
+    f /= np.linalg.norm(f, axis=1, keepdims=True)
+    sims = f @ f.T
+    expected = {
+        frozenset((i, j))
+        for i in range(n)
+        for j in range(i + 1, n)
+        if split[i] != split[j] and sims[i, j] >= 0.9
+    }
+    assert expected >= {frozenset((j, n - 1 - j)) for j in range(10)}
+    assert got == expected
+    for a, b, score in pairs:
+        assert split[a] != split[b] and score == pytest.approx(sims[a, b], abs=1e-3)
