@@ -1306,11 +1306,8 @@ def cross_split_pairs(index: Any, row_split: Any, threshold: float) -> list[tupl
 
 def show_leakage(session: Session, stmt: A.ShowLeakage, context: CommandContext) -> Result:
     """Near-duplicate pairs across splits: every pair of samples in different splits whose
-    embeddings' cosine similarity is at least the threshold (default 0.95), best first.
-
-    Each sample of a smaller split is searched for in the rest of the dataset (the other
-    splits), through the embedder's vector index (:class:`popql.engine.vector.VectorIndex`),
-    at most 10 neighbours per sample."""
+    embeddings' cosine similarity is at least the threshold (default 0.95), best first
+    (see :func:`cross_split_pairs` for how the embedder's vector index is scanned)."""
     threshold = DEFAULT_LEAKAGE_THRESHOLD if stmt.threshold is None else float(stmt.threshold)
     if not -1.0 <= threshold <= 1.0:
         raise PopQLError(
