@@ -53,6 +53,7 @@ from .lower_similarity import (
     lower_similar_to,
     lower_similarity_score,
     order_search,
+    rank_order,
 )
 
 
@@ -237,6 +238,8 @@ class _Lowering:
                     out = self.visit_fields(query, ctx.scope, skip=("body", "with_"))
                 finally:
                     self.selects.pop()
+                if not query.order_by and not query.order_by_all:
+                    out = rank_order(out, body, ctx)
             else:
                 body = self.visit(query.body, scope)
                 out = self.visit_fields(query, scope, skip=("body", "with_"))

@@ -97,7 +97,7 @@ class SelectContext:
     conds: list[A.Expr] = field(default_factory=list)  # lowered WHERE conjuncts so far
     where_complete: bool = False  # conds is the whole WHERE clause (post phase)
     top_member: bool = False  # the node being visited is a top-level WHERE conjunct
-    results: dict[tuple[Any, ...], SearchOutcome] = field(default_factory=dict)
+    results: dict[tuple[Any, ...], tuple[Relation, SearchOutcome]] = field(default_factory=dict)
     scores: dict[tuple[Any, ...], SearchOutcome] = field(default_factory=dict)
     from_scope: Scope | None = None  # the lowered FROM clause, when lowering changed it
 
@@ -146,7 +146,7 @@ def lower_select(
         )
         member = _member(rel, outcome, negated=False)
         ctx.conds.append(member)
-        ctx.results[ctx.order_key] = outcome
+        ctx.results[ctx.order_key] = (rel, outcome)
         where = member if where is None else A.Binary("AND", where, member)
     ctx.phase = "post"
     rest = lw.visit_fields(select, scope, skip=("from_", "where"))
@@ -230,19 +230,41 @@ def order_search(query: A.Query) -> OrderSearch | None:
         n = int(expr.text)
         if 1 <= n <= len(body.items) and isinstance(body.items[n - 1], A.SelectItem):
             expr = body.items[n - 1].expr  # type: ignore[union-attr]
-    if not isinstance(expr, A.SimilarityScore):
+    if not isinstance(expr, A.SimilarityScore) or not _rows_are_samples(body):
         return None
-    for item in items:
-        for node in item.expr.walk():
-            if isinstance(node, A.FunctionCall) and (
-                node.over is not None or _norm(node.name[-1]) in AGGREGATES
-            ):
-                return None
     limit = _int_literal(query.limit)
     offset = 0 if query.offset is None else _int_literal(query.offset)
     if limit is None or offset is None:
         return None
     return OrderSearch(expr, limit + offset)
+
+
+def rank_order(query: A.Query, body: A.Select, ctx: SelectContext) -> A.Query:
+    """A query without ORDER BY whose WHERE clause holds a search returns its rows best first
+    (then by sample_id): SQL leaves the order open, and rank order is what a search means."""
+    if not ctx.results or not _rows_are_samples(body):
+        return query
+    rel, outcome = next(iter(ctx.results.values()))
+    score = A.FunctionCall((A.Identifier(outcome.score_udf, quote='"'),), (rel.key_column(),))
+    order = (A.OrderItem(score, "DESC"), A.OrderItem(rel.key_column(), "ASC"))
+    out = A.Query(**{**_fields(query), "order_by": order})
+    object.__setattr__(out, "span", query.span)
+    return out
+
+
+def _rows_are_samples(body: A.Select) -> bool:
+    """True when each output row is one FROM row (no grouping, DISTINCT or aggregate)."""
+    if body.group_by or body.having or body.distinct or body.windows or body.qualify:
+        return False
+    for item in body.items:
+        if not isinstance(item, A.SelectItem):
+            continue
+        for node in item.expr.walk():
+            if isinstance(node, A.FunctionCall) and (
+                node.over is not None or _norm(node.name[-1]) in AGGREGATES
+            ):
+                return False
+    return True
 
 
 def _int_literal(expr: A.Expr | None) -> int | None:
@@ -276,7 +298,7 @@ def lower_similarity_score(lw: _Lowering, node: A.SimilarityScore, scope: Scope 
     ctx = lw.selects[-1] if lw.selects else None
     key = _score_key(node, rel)
     if ctx is not None and ctx.phase == "post" and key in ctx.results:
-        outcome = ctx.results[key]
+        outcome = ctx.results[key][1]
     else:
         post = ctx is not None and ctx.phase == "post"
         cache_key = (post, *key)
@@ -356,7 +378,7 @@ def _lower_membership(
         construct=construct,
     )
     if ctx is not None and top and not negated:
-        ctx.results[key] = outcome
+        ctx.results[key] = (rel, outcome)
     return _member(rel, outcome, negated)
 
 
