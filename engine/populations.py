@@ -795,13 +795,17 @@ def show(session: Session, stmt: A.Show, context: CommandContext) -> Result | No
         freezes.setdefault(f.population, []).append(f.tag)
     table = pa.table(
         {
-            "name": [p.name for p in pops],
-            "description": [p.description for p in pops],
-            "query": [p.query for p in pops],
-            "query_hash": [p.query_hash for p in pops],
-            "embedders": [
-                ", ".join(f"{k}={v}" for k, v in sorted(p.embedders.items())) or None for p in pops
-            ],
+            "name": pa.array([p.name for p in pops], pa.string()),
+            "description": pa.array([p.description for p in pops], pa.string()),
+            "query": pa.array([p.query for p in pops], pa.string()),
+            "query_hash": pa.array([p.query_hash for p in pops], pa.string()),
+            "embedders": pa.array(
+                [
+                    ", ".join(f"{k}={v}" for k, v in sorted(p.embedders.items())) or None
+                    for p in pops
+                ],
+                pa.string(),
+            ),
             "hold_out_percent": pa.array(
                 [holdouts[p.name].percent if p.name in holdouts else None for p in pops],
                 pa.float64(),

@@ -820,3 +820,15 @@ def test_cross_split_pairs_exact_and_through_the_graph(
     assert got == expected
     for a, b, score in pairs:
         assert split[a] != split[b] and score == pytest.approx(sims[a, b], abs=1e-3)
+
+
+def test_show_populations_has_a_stable_schema() -> None:
+    s = connect()
+    empty = s.sql("SHOW POPULATIONS").to_arrow()
+    s.register("samples", pa.table({"sample_id": ["a"], "x": [1]}))
+    s.sql("CREATE POPULATION p AS SELECT * FROM samples")
+    one = s.sql("SHOW POPULATIONS").to_arrow()
+    assert empty.num_rows == 0 and one.num_rows == 1
+    assert empty.schema == one.schema
+    assert one.schema.field("embedders").type == pa.string()
+    assert one.schema.field("description").type == pa.string()
