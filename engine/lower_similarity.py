@@ -383,6 +383,9 @@ def _lower_membership(
 
 
 def _member(rel: Relation, outcome: SearchOutcome, negated: bool) -> A.Expr:
+    if outcome.ids:
+        items = tuple(A.String(i.replace("'", "''")) for i in outcome.ids)
+        return A.InList(rel.key_column(), items, negated)
     sub = A.Query(
         A.Select(
             (A.SelectItem(A.Column((A.Identifier("sample_id", quote='"'),))),),

@@ -47,6 +47,10 @@ __all__ = ["Example", "SearchOutcome", "SearchRequest", "SimilarityService", "ke
 RESULT_SCHEMA = pa.schema([("sample_id", pa.string()), ("score", pa.float32())])
 #: A threshold below every cosine: "score every allowed row" (SIMILARITY over a whole table).
 ALL_ROWS = -2.0
+#: Results up to this size are written into the statement as ``sample_id IN ('...', ...)``:
+#: DataFusion pushes a literal IN list down into the scans under the samples view (a semi-join
+#: against the result table is probed only after the view's joins: 104 vs 46 ms at 100k rows).
+INLINE_IDS = 1000
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,7 @@ class SearchOutcome:
     score_udf: str  # a scalar UDF: sample_id -> score (NULL for rows not in the result)
     note: str  # for EXPLAIN: embedder, strategy and why
     rows: int  # matches (0 when only planned)
+    ids: tuple[str, ...] | None = None  # the matches' sample ids when there are few of them
 
 
 def keys_of_ids(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -215,12 +220,13 @@ class SimilarityService:
         ids = entry.ids_by_key.take(pa.array(pos, pa.int64()))
         found = pa.table({"sample_id": ids, "score": pa.array(result.scores, pa.float32())})
         self._register(table, udf, found)
+        few = tuple(ids.to_pylist()) if 0 < len(keys) <= INLINE_IDS else None
         note = (
             f"{req.construct} {what} using {key}: {result.strategy}: {result.reason}"
             f" -> {len(keys):,} rows in {ms:.2f} ms"
         )
         self.notes.append(note + allowed_note)
-        return SearchOutcome(table, udf, note, len(keys))
+        return SearchOutcome(table, udf, note, len(keys), few)
 
     # -- parts ----------------------------------------------------------------------------------
 
