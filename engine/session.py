@@ -219,6 +219,9 @@ class Session:
         self.ctx: datafusion.SessionContext = datafusion.SessionContext(config)
         self.catalog: DataFusionCatalog = DataFusionCatalog(self.ctx)
         self.catalog.version_resolver = self._versioned_table
+        self.catalog.population_resolver = self._population_query
+        self._population_store: Any = None  # popql.engine.populations (created on first use)
+        self._population_identity_check = True
         from .similarity import SimilarityService
 
         self.similarity = SimilarityService(self)
@@ -326,6 +329,36 @@ class Session:
             rows["tagger"].append(tagger)
             rows["tagger_version"].append(tagger_version)
         return pa.table(rows, schema=_DESCRIBE_SCHEMA)
+
+    # -- populations ----------------------------------------------------------------------------
+
+    def population_names(self) -> list[str]:
+        """Names of the populations defined in this session's dataset (or in memory), sorted.
+
+        >>> import pyarrow as pa
+        >>> s = connect()
+        >>> s.register("samples", pa.table({"sample_id": ["a", "b"], "brightness": [0.1, 0.9]}))
+        >>> _ = s.sql("CREATE POPULATION dark AS SELECT * FROM samples WHERE brightness < 0.5")
+        >>> s.population_names()
+        ['dark']
+        """
+        from .populations import store_of
+
+        return sorted(store_of(self).read().populations)
+
+    def population(self, name: str) -> Any:
+        """Population ``name`` as data for training code (N004 when there is none):
+        ``.to_arrow(split=...)``, ``.paths(split=...)``, ``.torch_dataset(split=...,
+        transform=...)`` (see :class:`popql.engine.populations.Population`)."""
+        from .populations import Population, require
+
+        return Population(self, require(self, name))
+
+    def _population_query(self, name: str, span: Any = None) -> Any:
+        """The catalog's hook: the parsed query of population ``name`` (None: not one)."""
+        from .populations import resolve_query
+
+        return resolve_query(self, name, span, check_identity=self._population_identity_check)
 
     def _describe_dataset_table(self, stmt: Any) -> pa.Table | None:
         """``DESCRIBE samples`` on a dataset lists each column with the tagger and version that
@@ -652,6 +685,10 @@ class Session:
             for table, alias in aliases.items()
             if table != "samples"
         )
+        split_sql, split_joins = _split_column(snapshot, columns, suffix)
+        if split_sql:
+            select += f", {split_sql} AS split"
+            joins += split_joins
         sql = f"SELECT {select} FROM {quote_identifier(SAMPLES_TABLE + suffix)} AS s{joins}"
         if not track:
             self.ctx.register_view(quote_identifier("samples" + suffix), self.ctx.sql(sql))
@@ -669,6 +706,8 @@ class Session:
             )
             for c in columns
         }
+        if split_sql:
+            self._from_dir["samples"]["split"] = (_split_source(snapshot), None, None)
 
     def _materialize_samples(self) -> None:
         """Replace the ``samples`` view by its rows in memory, once per opened version.
@@ -753,6 +792,9 @@ class Session:
     def _scratch(self) -> Session:
         """An in-memory session with empty copies of this session's tables (for checking)."""
         scratch = Session()
+        from .populations import MemoryStore, store_of
+
+        scratch._population_store = MemoryStore(store_of(self).read().copy())
         scratch.similarity.source = self  # searches are checked against this dataset
         for name in self.tables():
             schema = self.catalog.schema(name)
@@ -895,6 +937,43 @@ class Session:
             sql=sql,
         )
         return PopQLError(diagnostic, source=text, file=file)
+
+
+def _split_column(snapshot: Snapshot, columns: list[Any], suffix: str) -> tuple[str, str]:
+    """The ``split`` column of the samples view: the imported labels' ``split`` when the
+    dataset has one, else the split a hold-out assigned (``popql.splits``), else 'train'.
+    Returns (SQL expression, joins); ("", "") when a tag column is already named split."""
+    from .populations import DEFAULT_SPLIT, SPLITS_TABLE
+
+    if any(c.name.lower() == "split" for c in columns):
+        return "", ""
+    parts: list[str] = []
+    joins = ""
+    tables = snapshot.table_names()
+    if "labels" in tables and "split" in snapshot.schema("labels").names:
+        labels = quote_identifier("labels" + suffix)
+        joins += (
+            f" LEFT JOIN (SELECT sample_id, max(CAST(split AS VARCHAR)) AS split FROM {labels}"
+            " GROUP BY sample_id) AS popql_lab ON popql_lab.sample_id = s.sample_id"
+        )
+        parts.append("popql_lab.split")
+    if SPLITS_TABLE in tables:
+        joins += (
+            f" LEFT JOIN {quote_identifier(SPLITS_TABLE + suffix)} AS popql_sp"
+            " ON popql_sp.sample_id = s.sample_id"
+        )
+        parts.append("popql_sp.split")
+    parts.append(f"'{DEFAULT_SPLIT}'")
+    return f"COALESCE({', '.join(parts)})", joins
+
+
+def _split_source(snapshot: Snapshot) -> str:
+    from .populations import SPLITS_TABLE
+
+    tables = snapshot.table_names()
+    if "labels" in tables and "split" in snapshot.schema("labels").names:
+        return "labels"
+    return SPLITS_TABLE if SPLITS_TABLE in tables else "split"
 
 
 def _is_explain(stmt: Any) -> bool:

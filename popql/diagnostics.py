@@ -104,6 +104,7 @@ CODES: dict[str, str] = {
     "M002": "unknown model",
     "M003": "model does not load",
     "M004": "model packages not installed",
+    "M005": "population written for another embedder",
     # -- similarity search (popql.engine.lower_similarity, popql.engine.similarity) --
     "S001": "similarity search without a membership",
     "S002": "no embeddings to search",

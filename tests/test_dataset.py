@@ -772,7 +772,9 @@ def test_describe(ds: Dataset) -> None:
     d = s.describe("samples")
     assert d.column_names == ["column", "type", "source", "tagger", "tagger_version"]
     rows = {r["column"]: r for r in d.to_pylist()}
-    assert list(rows) == [c.name for c in samples_view_columns(ds.snapshot())]
+    # the view's columns, then the queryable split (engine/populations.py: imported or held out)
+    assert list(rows) == [c.name for c in samples_view_columns(ds.snapshot())] + ["split"]
+    assert rows["split"]["source"] == "split" and rows["split"]["type"] == "string"
     assert rows["uri"] == {
         "column": "uri",
         "type": "string",
@@ -807,9 +809,9 @@ def test_describe(ds: Dataset) -> None:
 def test_empty_dataset_session(ds: Dataset) -> None:
     s = connect(ds.path)
     assert s.version == 0
-    assert s.schema("samples").names == SAMPLES_SCHEMA.names
+    assert s.schema("samples").names == [*SAMPLES_SCHEMA.names, "split"]
     assert s.sql("SELECT count(*) AS n FROM samples").to_pylist() == [{"n": 0}]
-    assert set(s.describe("samples").column("source").to_pylist()) == {"samples"}
+    assert set(s.describe("samples").column("source").to_pylist()) == {"samples", "split"}
 
 
 def test_version_pinning_refresh_and_time_travel(ds: Dataset) -> None:

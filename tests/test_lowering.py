@@ -438,27 +438,12 @@ SEARCH_EXPRESSIONS: list[tuple[str, str, str]] = [
 ]
 
 X001_STATEMENTS: list[tuple[str, str]] = [
-    (
-        "CREATE POPULATION night AS SELECT * FROM samples WHERE brightness < 0.2",
-        "CREATE POPULATION",
-    ),
-    (
-        "CREATE OR REPLACE POPULATION IF NOT EXISTS dark DESCRIPTION 'dark frames'"
-        " AS SELECT id FROM samples",
-        "CREATE POPULATION",
-    ),
-    ("HOLD OUT 10 PERCENT OF night SALT 'v1'", "HOLD OUT"),
     ("EVALUATE detector ON night, day METRICS recall, precision(0.5)", "EVALUATE"),
     ("EVALUATE detector VERSION 'v2' BY weather", "EVALUATE"),
     ("COMPARE detector VERSION 3 WITH detector VERSION 2 ON night", "COMPARE"),
     ("EXPECT recall >= 0.9 ON night FOR MODEL detector MIN SUPPORT 50", "EXPECT"),
     ("FIND FAILURES FOR MODEL detector BY weather, camera MIN SUPPORT 20", "FIND FAILURES"),
-    ("FREEZE POPULATION night AS 'v1'", "FREEZE POPULATION"),
-    ("DIFF POPULATION night FROM 'v1'", "DIFF POPULATION"),
     ("IMPORT PREDICTIONS FOR MODEL detector FROM 'preds.parquet'", "IMPORT PREDICTIONS"),
-    ("SHOW POPULATIONS", "SHOW POPULATIONS"),
-    ("DROP POPULATION night", "DROP POPULATION"),
-    ("DROP POPULATION IF EXISTS night, day", "DROP POPULATION"),
 ]
 
 
@@ -505,7 +490,7 @@ def test_x001_statement_stops_the_script(images: Session) -> None:
     s = connect()
     with pytest.raises(PopQLError):
         s.execute(
-            "CREATE TABLE before (a INT); CREATE POPULATION p AS SELECT 1; "
+            "CREATE TABLE before (a INT); EVALUATE detector ON night; "
             "CREATE TABLE after (a INT)"
         )
     assert "before" in s.tables() and "after" not in s.tables()
