@@ -10,6 +10,7 @@
     popql vacuum --dataset DIR [--keep N] [--format text|json]
     popql ingest SOURCE... --dataset DIR [--embedder SPEC|none] [--tagger NAME]... [--labels FILE]
                  [--json] [--commit-every N] [--batch-size N]
+    popql serve [DATASET] [--host H] [--port N] [--token T] [--allow-writes] [--suite FILE]...
 
 Also ``python -m popql.repl``. See :data:`EPILOG` for exit codes.
 """
@@ -277,6 +278,41 @@ def _build_parser() -> argparse.ArgumentParser:
         default=64,
         help="decoded images handed to the models at once (default 64)",
     )
+
+    # -- popql serve (popql.web) --
+    sv = command(
+        "serve",
+        "the web view: query, browse thumbnails, find similar images, populations and metrics",
+        "Open DATASET in the browser: a PopQL editor with completion and diagnostics, a grid "
+        "of thumbnails, 'more like this', saving populations, and a populations page with "
+        "sizes, splits and a model's metrics. Binds to 127.0.0.1; on any other address a "
+        "token is required (printed in the URL). Statements that change data are refused "
+        "unless --allow-writes. Needs the web extra: pip install 'popql[web]'.",
+    )
+    sv.add_argument("dataset", metavar="DATASET", nargs="?", help="a dataset directory")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    sv.add_argument("--port", type=_positive_int, default=8765, help="port (default 8765)")
+    sv.add_argument(
+        "--token",
+        help="the access token (default: none on 127.0.0.1, a random one on other addresses)",
+    )
+    sv.add_argument(
+        "--allow-writes",
+        action="store_true",
+        help="run statements that change data (CREATE POPULATION from the save button, "
+        "INSERT, DROP, HOLD OUT...); refused otherwise",
+    )
+    sv.add_argument(
+        "--suite",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="a .popql file whose EXPECT statements the populations page checks (repeatable)",
+    )
+    sv.add_argument(
+        "--cache-dir", metavar="DIR", help="where missing thumbnails are generated"
+    )
+    sv.add_argument("--open", action="store_true", help="open the page in a browser")
     return parser
 
 
@@ -310,6 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     json_diagnostics = getattr(args, "format", None) == "json"
     try:
+        if args.command == "serve":
+            return _cmd_serve(args)
         if args.command == "query":
             return _cmd_query(args)
         if args.command == "run":
@@ -549,6 +587,33 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 # Sessions and output
 # ---------------------------------------------------------------------------------------------
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from popql.web.server import serve
+    except ImportError as exc:
+        raise _UsageError(
+            f"the web view needs the web extra ({exc.name} is missing): "
+            "pip install 'popql[web]'"
+        ) from None
+    if args.dataset is not None and not Path(args.dataset).is_dir():
+        raise PopQLError(
+            Diagnostic("F001", f"dataset directory not found: {args.dataset}")
+        )
+    for suite in args.suite:
+        if not Path(suite).is_file():
+            raise PopQLError(Diagnostic("F001", f"suite file not found: {suite}"))
+    return serve(
+        args.dataset,
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        allow_writes=args.allow_writes,
+        suites=args.suite,
+        cache_dir=args.cache_dir,
+        open_browser=args.open,
+    )
 
 
 def _open_session(args: argparse.Namespace) -> Session:
