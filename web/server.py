@@ -282,7 +282,9 @@ def serve(
     """Run the web view until interrupted (``popql serve``); prints the URL to open."""
     import uvicorn
 
-    service = WebService(dataset, allow_writes=allow_writes, suites=suites or (), cache_dir=cache_dir)
+    service = WebService(
+        dataset, allow_writes=allow_writes, suites=suites or (), cache_dir=cache_dir
+    )
     app = create_app(service, host=host, token=token)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/"

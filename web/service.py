@@ -18,6 +18,7 @@ popql.diagnostics.PopQLError: ...W001...
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import decimal
 import hashlib
@@ -91,9 +92,7 @@ def build_similar(text: str, top: int = 100, where: str | None = None) -> str:
     return f"SELECT * FROM samples WHERE {cond}"
 
 
-def build_near(
-    positives: Sequence[str], negatives: Sequence[str] = (), top: int = 100
-) -> str:
+def build_near(positives: Sequence[str], negatives: Sequence[str] = (), top: int = 100) -> str:
     """The statement that "more like this" and the positive/negative selection build.
 
     >>> build_near(["ab12cd34ef56ab78"], top=20)
@@ -288,8 +287,16 @@ class WebService:
             self.screen(text)
             results = self.session.execute(text)
             if not results:
-                return {"id": None, "kind": "empty", "columns": [], "types": [], "total": 0,
-                        "rows": [], "image": False, "statement": text}
+                return {
+                    "id": None,
+                    "kind": "empty",
+                    "columns": [],
+                    "types": [],
+                    "total": 0,
+                    "rows": [],
+                    "image": False,
+                    "statement": text,
+                }
             last = results[-1]
             table = last.to_arrow()
             kind = last.kind
@@ -370,10 +377,9 @@ class WebService:
                 meta = completion.load_metadata(self.session, self._meta)
                 loader = getattr(completion, "load_tag_values", None)
                 if loader is not None:
-                    try:
+                    # values are a nicety; columns still complete without them
+                    with contextlib.suppress(Exception):
                         loader(self.session, meta)
-                    except Exception:  # values are a nicety; columns still complete
-                        pass
                 self._meta, self._meta_version = meta, version
             meta = self._meta
         suggestions = completion.complete(text, cursor, meta, cwd=self.session.path)
@@ -570,8 +576,12 @@ class WebService:
                         rows = self.session.sql(shown).to_pylist()
                     except PopQLError as err:
                         outcomes.append(
-                            {"expectation": shown, "status": "error",
-                             "reason": err.diagnostics[0].message, "file": str(suite)}
+                            {
+                                "expectation": shown,
+                                "status": "error",
+                                "reason": err.diagnostics[0].message,
+                                "file": str(suite),
+                            }
                         )
                         continue
                     for r in rows:
