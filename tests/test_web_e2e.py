@@ -27,6 +27,7 @@ pytest.importorskip("starlette")
 uvicorn = pytest.importorskip("uvicorn")
 pytest.importorskip("selenium")
 
+import fmnist_data  # noqa: E402
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service as ChromeService  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -36,8 +37,6 @@ from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
 
 from popql.web.server import create_app  # noqa: E402
 from popql.web.service import WebService  # noqa: E402
-
-import fmnist_data  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
