@@ -53,8 +53,10 @@ __all__ = [
 PAGE_SIZE = 200
 #: Largest page a client may ask for.
 MAX_PAGE = 2000
-#: Results kept for paging (least recently used dropped first).
+#: Results kept for paging (least recently used dropped first), and the most rows kept in all
+#: (the newest result is always kept).
 KEEP_RESULTS = 16
+KEEP_ROWS = 5_000_000
 
 _SAMPLE_ID = re.compile(r"^[0-9a-f]{8,64}$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -308,7 +310,10 @@ class WebService:
             )
             rid = uuid.uuid4().hex
             self._results[rid] = _Stored(table, text, kind, image)
-            while len(self._results) > KEEP_RESULTS:
+            while len(self._results) > 1 and (
+                len(self._results) > KEEP_RESULTS
+                or sum(r.table.num_rows for r in self._results.values()) > KEEP_ROWS
+            ):
                 self._results.popitem(last=False)
             page = self._page(table, 0, page_size)
             return {
