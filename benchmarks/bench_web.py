@@ -143,7 +143,7 @@ class ServerThread:
 
 def stats(values: list[float]) -> str:
     v = sorted(values)
-    p95 = v[min(len(v) - 1, int(round(0.95 * (len(v) - 1))))]
+    p95 = v[min(len(v) - 1, round(0.95 * (len(v) - 1)))]
     return f"p50 {statistics.median(v):7.1f}  p95 {p95:7.1f}  max {v[-1]:7.1f}"
 
 
