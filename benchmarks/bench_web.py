@@ -210,9 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             times.append(t)
         print(f"\nGET /api/result (200 rows deep in {biggest[1]:,}): {stats(times)}")
 
-        ids = service.session.sql(f"SELECT sample_id FROM samples LIMIT {args.real}").to_pydict()[
-            "sample_id"
-        ]
+        real = "SELECT sample_id FROM samples WHERE uri NOT LIKE 'synthetic://%' ORDER BY uri"
+        ids = service.session.sql(real).to_pydict()["sample_id"]
         index = service._sample_index().ids
         from popql.engine.images import thumbnail_path
 

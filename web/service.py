@@ -403,6 +403,9 @@ class WebService:
     # -- samples and thumbnails ---------------------------------------------------------------
 
     def _sample_index(self) -> _SampleIndex:
+        index = self._index  # thumbnails need no lock while a query runs
+        if index is not None and index.version == self.session.version:
+            return index
         with self.lock:
             version = self.session.version
             if self._index is not None and self._index.version == version:
