@@ -118,9 +118,11 @@ def image_path_refusal(
         value = node.value.value if isinstance(node.value, A.String) else None
         if isinstance(value, str) and _allowed_image(value, root, is_sample_uri):
             continue
+        shown = value if isinstance(value, str) and len(value) <= 80 else "..."
         return Diagnostic(
             "W002",
-            "NEAR IMAGE may only name an image of the open dataset on this web server",
+            f"IMAGE '{shown}' is not an image of the open dataset: this web server reads no"
+            " other file",
             node.span,
             hints=(
                 "click an image and use 'more like this' (NEAR SAMPLE 'sample_id'), or give the"

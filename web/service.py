@@ -413,10 +413,9 @@ class WebService:
             ids: dict[str, tuple[str, str]] = {}
             if "samples" in self.session.tables():
                 cols = {f.name for f in self.session.schema("samples")}
-                if {"sample_id", "content_hash", "uri"} <= cols:
-                    t = self.session.sql(
-                        "SELECT sample_id, content_hash, uri FROM samples"
-                    ).to_arrow()
+                if {"sample_id", "uri"} <= cols:
+                    hashes = "content_hash" if "content_hash" in cols else "''"
+                    t = self.session.sql(f"SELECT sample_id, {hashes}, uri FROM samples").to_arrow()
                     ids = dict(
                         zip(
                             t.column(0).to_pylist(),
