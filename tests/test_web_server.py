@@ -382,3 +382,78 @@ def test_cli_serve_usage() -> None:
 
     assert main(["serve", "/nonexistent/dataset/dir"]) == 1
     assert main(["serve", "--port", "0"]) == 2
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_popql_serve_process_with_token(dataset: Path, tmp_path: Path) -> None:
+    """`popql serve DATASET --host 0.0.0.0` in its own process: prints the URL with the token;
+    the API refuses requests without it; a REPL-style session writes meanwhile."""
+    import os
+    import signal
+    import time
+
+    import httpx
+
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "popql.repl",
+            "serve",
+            str(dataset),
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(port),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "read-only" in line and f":{port}/?token=" in line, line
+        token = line.strip().rsplit("?token=", 1)[1]
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                r = httpx.get(f"{base}/api/info", timeout=5)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        assert r.status_code == 401
+        headers = {"Authorization": f"Bearer {token}"}
+        assert httpx.get(f"{base}/api/info", headers=headers).json()["allow_writes"] is False
+        # another session writes while the server is open; the server sees it
+        import popql
+
+        other = popql.connect(dataset)
+        other.sql("CREATE POPULATION meanwhile AS SELECT * FROM samples WHERE brightness > 0.9")
+        try:
+            pops = httpx.get(f"{base}/api/populations", headers=headers).json()
+            assert "meanwhile" in [p["name"] for p in pops["populations"]]
+        finally:
+            other.sql("DROP POPULATION meanwhile")
+    finally:
+        proc.send_signal(signal.SIGINT if os.name != "nt" else signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
