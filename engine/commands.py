@@ -39,7 +39,13 @@ class CommandContext:
 CommandHandler = Callable[["Session", Any, CommandContext], "Result | None"]
 
 #: AST node class name -> "module:function" (module relative to popql.engine).
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "ImportPredictions": ".predictions:import_predictions",
+    "Evaluate": ".evaluate:evaluate",
+    "Compare": ".evaluate:compare",
+    "Expect": ".testing:expect",
+    "FindFailures": ".failures:find_failures",
+}
 
 
 def handler_for(stmt: object) -> CommandHandler | None:

@@ -124,11 +124,6 @@ STATEMENT_LOWERINGS: dict[type, Callable[[A.Statement], None]] = {
     A.FreezePopulation: _refuse,
     A.DiffPopulation: _refuse,
     A.HoldOut: _refuse,
-    A.Evaluate: _refuse,
-    A.Compare: _refuse,
-    A.Expect: _refuse,
-    A.FindFailures: _refuse,
-    A.ImportPredictions: _refuse,
     A.Show: _refuse_show,
     A.Drop: _refuse_drop,
 }

@@ -104,6 +104,10 @@ CODES: dict[str, str] = {
     "M002": "unknown model",
     "M003": "model does not load",
     "M004": "model packages not installed",
+    # -- evaluation: predictions, metrics, tests (popql.engine.predictions/evaluate/testing) --
+    "V001": "invalid predictions",
+    "V002": "unknown metric",
+    "V003": "cannot evaluate",
     # -- bugs --
     "I001": "internal error",
 }
