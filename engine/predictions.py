@@ -166,8 +166,11 @@ def to_table(data: Any) -> pa.Table:
         rows = [dict(r) for r in data]
         for row in rows:
             for key, value in list(row.items()):
-                if isinstance(value, Mapping) and key not in ("detections", "class_iou"):
-                    row[key] = [{"label": str(k), "score": float(v)} for k, v in value.items()]
+                if isinstance(value, Mapping):  # {"cat": 0.9, "dog": 0.1}: per-class values
+                    field = "iou" if key == "class_iou" else "score"
+                    row[key] = [
+                        {"label": str(k), field: float(v)} for k, v in value.items() if v is not None
+                    ]
         return pa.Table.from_pylist(rows)
     if type(data).__module__.startswith("pandas") and hasattr(data, "columns"):
         frame = data.copy()
@@ -264,7 +267,9 @@ def _cast(col: pa.ChunkedArray, want: pa.DataType, name: str) -> pa.ChunkedArray
                 continue
             if isinstance(row, Mapping):  # {"cat": 0.9} per-class form
                 key = "iou" if name == "class_iou" else "score"
-                row = [{"label": str(k), key: float(v)} for k, v in row.items()]
+                row = [
+                    {"label": str(k), key: float(v)} for k, v in row.items() if v is not None
+                ]
             items = []
             for item in row:
                 item = dict(item)
