@@ -15,8 +15,8 @@ that have a prediction of ``m`` and ground truth, SliceLine-style (Sagadeeva & B
    with ``α = 0.95`` (``e`` the mean per-sample error: 1 - correct for classification,
    absolute error for regression).
 3. **Embedding clusters**: when ``samples`` has ``embedding_*`` columns, k-means (numpy,
-   k-means++ seeding, seeded) over the L2-normalised embeddings gives extra candidate slices
-   (``sample_id IN (...)``).
+   k-means++ seeding, seeded) with k = 2, 4, 8 and 16 over the L2-normalised embeddings gives
+   extra candidate slices (``sample_id IN (...)``).
 4. **Significance**: a one-sided test of the slice's error against the rest of the samples
    (two-proportion z-test for 0/1 errors, Welch's z for others), Bonferroni-corrected for the
    number of slices evaluated; only slices with corrected p < 0.05 are reported.
@@ -62,6 +62,8 @@ MAX_VALUES_NUMBER = 10
 QUANTILES = tuple(q / 10 for q in range(1, 10))
 EXCLUDED = {"sample_id", "uri", "content_hash", "metadata", "ingested_at", "size_bytes", "split"}
 SEED = 7
+#: k-means is run with each of these k (the coarsest clusters that fail win on score).
+CLUSTER_KS = (2, 4, 8, 16)
 #: A slice sharing this share of its samples with a better-ranked one is not reported.
 OVERLAP = 0.5
 
@@ -176,30 +178,47 @@ def _score(e_slice: float, n_slice: int, e_all: float, n_all: int) -> float:
     return ALPHA * (e_slice / e_all - 1) - (1 - ALPHA) * (n_all / n_slice - 1)
 
 
-def kmeans(x: np.ndarray, k: int, iterations: int = 25, seed: int = SEED) -> np.ndarray:
-    """Cluster labels of the rows of ``x`` (k-means++ seeding, Lloyd iterations)."""
+def kmeans(
+    x: np.ndarray, k: int, iterations: int = 30, seed: int = SEED, restarts: int = 5
+) -> np.ndarray:
+    """Cluster labels of the rows of ``x``: the best (least inertia) of ``restarts`` runs of
+    Lloyd's algorithm from k-means++ seeds."""
     rng = np.random.default_rng(seed)
+    best: tuple[float, np.ndarray] | None = None
+    for _ in range(restarts):
+        labels, inertia = _lloyd(x, k, iterations, rng)
+        if best is None or inertia < best[0]:
+            best = (inertia, labels)
+    assert best is not None
+    return best[1]
+
+
+def _lloyd(
+    x: np.ndarray, k: int, iterations: int, rng: np.random.Generator
+) -> tuple[np.ndarray, float]:
     n = len(x)
     centres = [x[rng.integers(n)]]
     d2 = ((x - centres[0]) ** 2).sum(axis=1)
     for _ in range(1, k):
         total = d2.sum()
-        idx = rng.integers(n) if total <= 0 else rng.choice(n, p=d2 / total)
+        idx = int(rng.integers(n)) if total <= 0 else int(rng.choice(n, p=d2 / total))
         centres.append(x[idx])
         d2 = np.minimum(d2, ((x - x[idx]) ** 2).sum(axis=1))
-    c = np.array(centres)
-    labels = np.zeros(n, dtype=np.int64)
+    c = np.array(centres, dtype=np.float64)
+    labels = np.full(n, -1, dtype=np.int64)
+    dist = np.zeros((n, k))
     for _ in range(iterations):
         dist = (x * x).sum(1)[:, None] - 2 * x @ c.T + (c * c).sum(1)[None, :]
         new = dist.argmin(axis=1)
-        if (new == labels).all() and _ > 0:
+        if (new == labels).all():
             break
         labels = new
         for j in range(k):
             members = x[labels == j]
             if len(members):
                 c[j] = members.mean(axis=0)
-    return labels
+    inertia = float(dist[np.arange(n), labels].sum())
+    return labels, inertia
 
 
 def search(
@@ -443,12 +462,16 @@ def find_failures(session: Session, stmt: A.FindFailures, ctx: CommandContext) -
             continue
         x = np.array(col.to_pylist(), dtype=np.float32)
         x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        k = int(min(16, max(2, n // max(min_support, 1) // 2)))
-        labels = kmeans(x, k)
-        for j in range(k):
-            mask = labels == j
-            members = ", ".join(_literal(s) for s in sorted(ids[mask].astype(str)))
-            clusters.append(Predicate(f"cluster:{name}:{j}", f"sample_id IN ({members})", mask))
+        for k in CLUSTER_KS:
+            if k * min_support > n:
+                break
+            labels = kmeans(x, k)
+            for j in range(k):
+                mask = labels == j
+                members = ", ".join(_literal(s) for s in sorted(ids[mask].astype(str)))
+                clusters.append(
+                    Predicate(f"cluster:{name}:{k}:{j}", f"sample_id IN ({members})", mask)
+                )
     binary = metric == "error_rate"
     slices = search(err, preds_list, min_support=min_support, binary=binary, clusters=clusters)
     rows = []
