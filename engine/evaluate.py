@@ -117,8 +117,7 @@ def metric_spec(m: A.Metric) -> M.MetricSpec:
     if len(m.args) > 1 or (m.args and name not in M.TAKES_ARG):
         raise _error(
             "V002",
-            f"metric '{name}' takes "
-            + ("one argument" if name in M.TAKES_ARG else "no arguments"),
+            f"metric '{name}' takes " + ("one argument" if name in M.TAKES_ARG else "no arguments"),
             m.span,
         )
     arg: str | None = None
@@ -179,7 +178,9 @@ def population_ids(session: Session, ident: A.Identifier | str, span: Any = None
             span,
             "a population is a table or view of samples: SELECT * FROM samples WHERE ...",
         )
-    table = _query(session, f"SELECT DISTINCT CAST(sample_id AS VARCHAR) AS sample_id FROM {name}", span)
+    table = _query(
+        session, f"SELECT DISTINCT CAST(sample_id AS VARCHAR) AS sample_id FROM {name}", span
+    )
     return table.column("sample_id").combine_chunks()
 
 
@@ -395,7 +396,9 @@ def evaluate(session: Session, stmt: A.Evaluate, ctx: CommandContext) -> Result:
             idx = np.array([position[i] for i in ids if i in position], dtype=np.int64)
             sub = frame.take(idx)
             values = [M.compute(sub, s) for s in specs]
-            row: dict[str, Any] = {k: None if v is None else str(v) for k, v in zip(keys, key, strict=True)}
+            row: dict[str, Any] = {
+                k: None if v is None else str(v) for k, v in zip(keys, key, strict=True)
+            }
             rows.append(_row(row, preds, len(sub), values))
     else:
         keys = ["population"]
@@ -419,7 +422,7 @@ def _row(
 def _groups(
     session: Session, exprs: Sequence[A.Expr], span: Any
 ) -> dict[tuple[Any, ...], list[str]]:
-    select = ", ".join(f"({format_node(e)}) AS \"g{i}\"" for i, e in enumerate(exprs))
+    select = ", ".join(f'({format_node(e)}) AS "g{i}"' for i, e in enumerate(exprs))
     table = _query(
         session, f"SELECT CAST(sample_id AS VARCHAR) AS sample_id, {select} FROM samples", span
     )

@@ -11,9 +11,9 @@ that have a prediction of ``m`` and ground truth, SliceLine-style (Sagadeeva & B
 2. **Lattice search**: level 1 is every predicate with support >= ``MIN SUPPORT`` (default
    ``max(10, 1 % of the samples)``); level k+1 joins each of the best 30 slices of level k
    whose error is above the overall error with a predicate on another column (up to 3
-   predicates). A slice's score is SliceLine's ``α (e_S / e - 1) - (1 - α) (n / |S| - 1)``
-   with ``α = 0.95`` (``e`` the mean per-sample error: 1 - correct for classification,
-   absolute error for regression).
+   predicates). A slice's score is SliceLine's
+   ``alpha (e_S / e - 1) - (1 - alpha) (n / |S| - 1)`` with ``alpha = 0.95`` (``e`` the mean
+   per-sample error: 1 - correct for classification, absolute error for regression).
 3. **Embedding clusters**: when ``samples`` has ``embedding_*`` columns, k-means (numpy,
    k-means++ seeding, seeded) with k = 2, 4, 8 and 16 over the L2-normalised embeddings gives
    extra candidate slices (``sample_id IN (...)``).
@@ -165,7 +165,11 @@ def _p_value(err: np.ndarray, mask: np.ndarray, binary: bool) -> float:
         se = math.sqrt(pooled * (1 - pooled) * (1 / len(a) + 1 / len(b)))
     else:
         p1, p2 = a.mean(), b.mean()
-        se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)) if len(a) > 1 and len(b) > 1 else 0.0
+        se = (
+            math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+            if len(a) > 1 and len(b) > 1
+            else 0.0
+        )
     if se == 0:
         return 0.0 if p1 > p2 else 1.0
     z = (p1 - p2) / se
@@ -237,16 +241,14 @@ def search(
     e_all = float(err.mean())
     evaluated: list[tuple[tuple[int, ...], np.ndarray]] = []
     basic = [p for p in predicates if min_support <= int(p.mask.sum()) < n]
-    level = [((i,), basic[i].mask) for i in range(len(basic))]
+    level: list[tuple[tuple[int, ...], np.ndarray]] = [
+        ((i,), basic[i].mask) for i in range(len(basic))
+    ]
     evaluated.extend(level)
     seen = {key for key, _ in level}
     for _ in range(1, MAX_LEVEL):
         ranked = sorted(
-            (
-                (key, mask)
-                for key, mask in level
-                if float(err[mask].mean()) > e_all
-            ),
+            ((key, mask) for key, mask in level if float(err[mask].mean()) > e_all),
             key=lambda km: -_score(float(err[km[1]].mean()), int(km[1].sum()), e_all, n),
         )[:BEAM]
         nxt = []
@@ -274,35 +276,34 @@ def search(
     conjunctions = [[basic[i] for i in key] for key, _ in evaluated] + refined
     candidates: list[tuple[str, tuple[str, ...], np.ndarray, str]] = []
     done: set[tuple[str, ...]] = set()
-    for preds in conjunctions:
-        preds = _simplify(preds, err, min_support, binary)
-        sqls = tuple(p.sql for p in preds)
+    for conj in conjunctions:
+        kept = _simplify(conj, err, min_support, binary)
+        sqls = tuple(p.sql for p in kept)
         if sqls in done:
             continue
         done.add(sqls)
-        mask = np.logical_and.reduce([p.mask for p in preds])
+        mask = np.logical_and.reduce([p.mask for p in kept])
         candidates.append((" AND ".join(sqls), sqls, mask, "tags"))
     for cl in clusters or []:
         if min_support <= int(cl.mask.sum()) < n:
             candidates.append((cl.sql, (cl.sql,), cl.mask, "cluster"))
     tests = max(1, len(candidates))
     found: list[Slice] = []
-    for where, preds, mask, kind in candidates:
+    for where, texts, mask, kind in candidates:
         size = int(mask.sum())
         e = float(err[mask].mean())
         if e <= e_all:
             continue
-        p = min(1.0, _p_value(err, mask, binary) * tests)
-        if p >= SIGNIFICANCE:
+        p_adj = min(1.0, _p_value(err, mask, binary) * tests)
+        if p_adj >= SIGNIFICANCE:
             continue
-        found.append(Slice(where, preds, size, e, e_all, p, _score(e, size, e_all, n), kind, mask))
+        score = _score(e, size, e_all, n)
+        found.append(Slice(where, texts, size, e, e_all, p_adj, score, kind, mask))
     found.sort(key=lambda s: (-s.score, len(s.predicates), s.where))
     out: list[Slice] = []
     for s in found:
         # a slice mostly made of the samples of a better one says nothing new
-        overlap = any(
-            int((s.mask & o.mask).sum()) >= OVERLAP * min(s.n, o.n) for o in out
-        )
+        overlap = any(int((s.mask & o.mask).sum()) >= OVERLAP * min(s.n, o.n) for o in out)
         if overlap:
             continue
         out.append(s)
@@ -312,10 +313,42 @@ def search(
 
 
 _RESERVED = {
-    "select", "from", "where", "group", "having", "order", "limit", "offset", "union",
-    "intersect", "except", "join", "on", "and", "or", "not", "as", "into", "case", "when",
-    "then", "else", "is", "in", "between", "like", "ilike", "distinct", "by", "null", "true",
-    "false", "with", "using", "qualify", "window",
+    "select",
+    "from",
+    "where",
+    "group",
+    "having",
+    "order",
+    "limit",
+    "offset",
+    "union",
+    "intersect",
+    "except",
+    "join",
+    "on",
+    "and",
+    "or",
+    "not",
+    "as",
+    "into",
+    "case",
+    "when",
+    "then",
+    "else",
+    "is",
+    "in",
+    "between",
+    "like",
+    "ilike",
+    "distinct",
+    "by",
+    "null",
+    "true",
+    "false",
+    "with",
+    "using",
+    "qualify",
+    "window",
 }
 
 
@@ -338,7 +371,10 @@ def _simplify(
         for i, p in enumerate(preds):
             rest = np.logical_and.reduce([q.mask for j, q in enumerate(preds) if j != i])
             removed = rest & ~p.mask
-            if int(removed.sum()) < min_support or _p_value(err[rest], p.mask[rest], binary) >= 0.01:
+            if (
+                int(removed.sum()) < min_support
+                or _p_value(err[rest], p.mask[rest], binary) >= 0.01
+            ):
                 del preds[i]
                 changed = True
                 break
@@ -376,7 +412,9 @@ def _refine(
     return preds
 
 
-def _columns(session: Session, by: tuple[A.Expr, ...], span: Any) -> tuple[pa.Table, list[str], list[str]]:
+def _columns(
+    session: Session, by: tuple[A.Expr, ...], span: Any
+) -> tuple[pa.Table, list[str], list[str]]:
     """The samples' candidate columns: (table with sample_id, c0.., names, embedding cols)."""
     from .evaluate import population_schema
 
@@ -408,9 +446,13 @@ def _columns(session: Session, by: tuple[A.Expr, ...], span: Any) -> tuple[pa.Ta
             ):
                 names.append(_ident(f.name))
         exprs = names
-    select = ", ".join(f"{e} AS \"c{i}\"" for i, e in enumerate(exprs))
+    select = ", ".join(f'{e} AS "c{i}"' for i, e in enumerate(exprs))
     emb = ", ".join(f'"{c}" AS "e{i}"' for i, c in enumerate(embeddings))
-    parts = ["CAST(sample_id AS VARCHAR) AS sample_id"] + ([select] if select else []) + ([emb] if emb else [])
+    parts = (
+        ["CAST(sample_id AS VARCHAR) AS sample_id"]
+        + ([select] if select else [])
+        + ([emb] if emb else [])
+    )
     table = _query(session, f"SELECT {', '.join(parts)} FROM samples", span)
     return table, names, embeddings
 
@@ -448,9 +490,7 @@ def find_failures(session: Session, stmt: A.FindFailures, ctx: CommandContext) -
     ids = frame.sample_ids[have]
     take = pa.array(np.asarray(pos.drop_null().to_numpy()))
     n = len(err)
-    min_support = (
-        int(float(stmt.min_support)) if stmt.min_support else max(10, math.ceil(0.01 * n))
-    )
+    min_support = int(float(stmt.min_support)) if stmt.min_support else max(10, math.ceil(0.01 * n))
     preds_list: list[Predicate] = []
     for i, name in enumerate(names):
         preds_list.extend(predicates_for(name, table.column(f"c{i}").combine_chunks().take(take)))

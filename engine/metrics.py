@@ -278,7 +278,9 @@ def _map50(f: Frame, _: MetricSpec) -> float:
         per_image = np.array(
             [
                 match_detections(p, t)
-                for p, t in zip(f.columns["pred_detections"], f.columns["true_detections"], strict=True)
+                for p, t in zip(
+                    f.columns["pred_detections"], f.columns["true_detections"], strict=True
+                )
             ],
             dtype=object,
         )
@@ -376,12 +378,8 @@ METRICS: dict[str, _Metric] = {
         needs=lambda s: ("pred_detections", "true_detections"), stat=_map50, resamples=200
     ),
     "miou": _Metric(needs=_miou_needs, stat=_miou),
-    "mae": _Metric(
-        needs=lambda s: ("pred_value", "true_target"), stat=_mae, per_sample=_abs_err
-    ),
-    "mean": _Metric(
-        needs=lambda s: (f"col:{s.arg}",), stat=_mean, per_sample=_column
-    ),
+    "mae": _Metric(needs=lambda s: ("pred_value", "true_target"), stat=_mae, per_sample=_abs_err),
+    "mean": _Metric(needs=lambda s: (f"col:{s.arg}",), stat=_mean, per_sample=_column),
 }
 
 #: Metrics that take one argument (a class for precision/recall/f1, a column for mean).

@@ -169,14 +169,20 @@ def to_table(data: Any) -> pa.Table:
                 if isinstance(value, Mapping):  # {"cat": 0.9, "dog": 0.1}: per-class values
                     field = "iou" if key == "class_iou" else "score"
                     row[key] = [
-                        {"label": str(k), field: float(v)} for k, v in value.items() if v is not None
+                        {"label": str(k), field: float(v)}
+                        for k, v in value.items()
+                        if v is not None
                     ]
         return pa.Table.from_pylist(rows)
     if type(data).__module__.startswith("pandas") and hasattr(data, "columns"):
         frame = data.copy()
         for col in frame.columns:
-            if frame[col].dtype == object and len(frame) and isinstance(
-                frame[col].dropna().iloc[0] if frame[col].notna().any() else None, Mapping
+            if (
+                frame[col].dtype == object
+                and len(frame)
+                and isinstance(
+                    frame[col].dropna().iloc[0] if frame[col].notna().any() else None, Mapping
+                )
             ):
                 frame[col] = [
                     None
@@ -237,9 +243,7 @@ def normalise(data: Any, model: str, version: str, logged_at: _dt.datetime) -> p
         raise _error("V001", f"the predictions of model '{model}' have rows without a sample_id")
     if len(pc.unique(ids)) != len(ids):
         counts = pc.value_counts(ids)
-        dup = [
-            v["values"] for v in counts.to_pylist() if v["counts"] > 1
-        ][:3]
+        dup = [v["values"] for v in counts.to_pylist() if v["counts"] > 1][:3]
         raise _error(
             "V001",
             f"the predictions of model '{model}' have several rows for one sample_id: "
@@ -260,16 +264,14 @@ def normalise(data: Any, model: str, version: str, logged_at: _dt.datetime) -> p
 def _cast(col: pa.ChunkedArray, want: pa.DataType, name: str) -> pa.ChunkedArray:
     if name in ("detections", "class_iou", "scores"):
         rows = col.to_pylist()
-        fixed = []
+        fixed: list[list[dict[str, Any]] | None] = []
         for row in rows:
             if row is None:
                 fixed.append(None)
                 continue
             if isinstance(row, Mapping):  # {"cat": 0.9} per-class form
                 key = "iou" if name == "class_iou" else "score"
-                row = [
-                    {"label": str(k), key: float(v)} for k, v in row.items() if v is not None
-                ]
+                row = [{"label": str(k), key: float(v)} for k, v in row.items() if v is not None]
             items = []
             for item in row:
                 item = dict(item)
@@ -426,7 +428,11 @@ def load_predictions(
         raise _error("M002", f"no predictions logged for model '{model}'", span=span)
     if version is None:
         latest = pc.max(table.column("logged_at")).as_py()
-        candidates = table.filter(pc.equal(table.column("logged_at"), pa.scalar(latest, table.schema.field("logged_at").type)))
+        candidates = table.filter(
+            pc.equal(
+                table.column("logged_at"), pa.scalar(latest, table.schema.field("logged_at").type)
+            )
+        )
         version = str(pc.max(candidates.column("version")).as_py())
     rows = table.filter(pc.equal(table.column("version"), pa.scalar(str(version))))
     if not rows.num_rows:
@@ -438,11 +444,7 @@ def load_predictions(
             span=span,
         )
     # drop the columns that are null throughout (added for another version's layout)
-    keep = [
-        n
-        for n in rows.column_names
-        if n in _META or rows.column(n).null_count < rows.num_rows
-    ]
+    keep = [n for n in rows.column_names if n in _META or rows.column(n).null_count < rows.num_rows]
     return Predictions(model, str(version), rows.select(keep))
 
 

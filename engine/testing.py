@@ -27,7 +27,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
@@ -141,7 +141,13 @@ def _holds(x: float, op: str, t: float) -> bool:
 
 
 def decide(
-    value: float, lo: float, hi: float, n: int, op: str, threshold: float, min_support: int,
+    value: float,
+    lo: float,
+    hi: float,
+    n: int,
+    op: str,
+    threshold: float,
+    min_support: int,
     policy: Policy,
 ) -> tuple[str, str]:
     """(status, reason) of one expectation."""
@@ -178,13 +184,9 @@ def evaluate_expectation(session: Session, stmt: A.Expect, text: str) -> Outcome
         session, model, version, span=stmt.model.span if stmt.model else stmt.span
     )
     ids = population_ids(session, stmt.population, stmt.population.span)
-    frame = build_frame(
-        session, preds, ids, [spec], stmt.population, stmt.population.span
-    )
+    frame = build_frame(session, preds, ids, [spec], stmt.population, stmt.population.span)
     mv = M.compute(frame, spec)
-    status, reason = decide(
-        mv.value, mv.lo, mv.hi, mv.n, stmt.op, threshold, min_support, policy
-    )
+    status, reason = decide(mv.value, mv.lo, mv.hi, mv.n, stmt.op, threshold, min_support, policy)
     return Outcome(
         expectation=text,
         metric=spec.label,
@@ -262,14 +264,18 @@ class SuiteReport:
     @property
     def ok(self) -> bool:
         """No failure or error (nor, under ``inconclusive="fail"``, inconclusive outcome)."""
-        bad = {"fail", "error"} | ({"inconclusive"} if self.policy.inconclusive == "fail" else set())
+        bad = {"fail", "error"} | (
+            {"inconclusive"} if self.policy.inconclusive == "fail" else set()
+        )
         return not any(o.status in bad for o in self.outcomes)
 
     def table(self) -> pa.Table:
         return outcome_table(self.outcomes)
 
 
-def run_suite(session: Session, path: str | os.PathLike[str], policy: Policy | None = None) -> SuiteReport:
+def run_suite(
+    session: Session, path: str | os.PathLike[str], policy: Policy | None = None
+) -> SuiteReport:
     """Run a ``.popql`` file: every statement in order; each EXPECT gives an :class:`Outcome`.
 
     A statement other than EXPECT that fails stops the suite (its PopQLError is raised, with
@@ -397,10 +403,12 @@ def junit_xml(reports: Sequence[SuiteReport]) -> str:
         suite = ET.SubElement(
             root,
             "testsuite",
-            name=report.file,
-            time=f"{report.seconds:.3f}",
-            timestamp=_dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S"),
-            **{k: str(v) for k, v in attrs.items()},
+            {
+                "name": report.file,
+                "time": f"{report.seconds:.3f}",
+                "timestamp": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+                **{k: str(v) for k, v in attrs.items()},
+            },
         )
         stem = Path(report.file).stem
         for o in report.outcomes:
@@ -538,9 +546,7 @@ def html_report(reports: Sequence[SuiteReport], title: str = "PopQL test report"
         f"<h1>{html.escape(title)}</h1>",
         f'<div class="muted">{html.escape(", ".join(r.file for r in reports))} — {when}</div>',
         '<p class="summary" id="summary">'
-        + "".join(
-            f'<span style="color:{_COLORS[s]}">{counts[s]} {s}</span>' for s in STATUSES
-        )
+        + "".join(f'<span style="color:{_COLORS[s]}">{counts[s]} {s}</span>' for s in STATUSES)
         + "</p>",
     ]
     metrics = list(dict.fromkeys(o.metric for o in outcomes))
@@ -555,7 +561,17 @@ def html_report(reports: Sequence[SuiteReport], title: str = "PopQL test report"
         body.append(metric_chart(metric, outcomes))
         body.append("</div>")
     body.append("<h2>Expectations</h2><table><thead><tr>")
-    for head in ("status", "expectation", "population", "model", "n", "value", "95% interval", "reason", "where"):
+    for head in (
+        "status",
+        "expectation",
+        "population",
+        "model",
+        "n",
+        "value",
+        "95% interval",
+        "reason",
+        "where",
+    ):
         body.append(f"<th>{head}</th>")
     body.append("</tr></thead><tbody>")
     for o in outcomes:
@@ -579,7 +595,7 @@ def html_report(reports: Sequence[SuiteReport], title: str = "PopQL test report"
         "document.body.setAttribute('data-charts',String(n));});</script>"
     )
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{_CSS}</style>{script}</head><body>"
         + "\n".join(body)
         + "</body></html>\n"

@@ -27,6 +27,7 @@ Example ``pyproject.toml``::
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,9 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("popql", "PopQL expectations (.popql suites)")
     group.addoption("--popql-dataset", metavar="DIR", help="dataset directory for .popql suites")
-    group.addoption("--popql-model", metavar="NAME[@VERSION]", help="model for EXPECT without FOR MODEL")
+    group.addoption(
+        "--popql-model", metavar="NAME[@VERSION]", help="model for EXPECT without FOR MODEL"
+    )
     parser.addini(
         "popql_suites",
         type="linelist",
@@ -66,13 +69,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def _matches(path: Path, config: pytest.Config) -> bool:
     patterns = config.getini("popql_suites") or []
     rel = path.as_posix()
-    try:
+    with contextlib.suppress(ValueError):
         rel = path.relative_to(config.rootpath).as_posix()
-    except ValueError:
-        pass
-    return any(
-        fnmatch.fnmatch(path.name, pat) or fnmatch.fnmatch(rel, pat) for pat in patterns
-    )
+    return any(fnmatch.fnmatch(path.name, pat) or fnmatch.fnmatch(rel, pat) for pat in patterns)
 
 
 def _has_expect(text: str) -> bool:
@@ -186,13 +185,10 @@ class PopQLItem(pytest.Item):
         if outcome.status == "pass":
             return
         if outcome.status == "inconclusive" and report.policy.inconclusive == "ok":
-            raise pytest.skip.Exception(
-                f"inconclusive: {outcome.reason}", _use_item_location=True
-            )
+            raise pytest.skip.Exception(f"inconclusive: {outcome.reason}", _use_item_location=True)
         if outcome.status == "error":
             raise PopQLExpectationFailed(
-                f"ERROR: {outcome.expectation}\n  {outcome.reason} "
-                f"({outcome.file}:{outcome.line})"
+                f"ERROR: {outcome.expectation}\n  {outcome.reason} ({outcome.file}:{outcome.line})"
             )
         raise PopQLExpectationFailed(
             f"{outcome.status.upper()}: {outcome.expectation}\n"

@@ -79,7 +79,9 @@ def run(args: argparse.Namespace, open_session: Callable[[argparse.Namespace], A
     """Run ``popql test``; returns the exit status (0 or 1; errors raise PopQLError)."""
     from popql.engine.testing import Policy, format_report, html_report, junit_xml, run_suite
 
-    policy = Policy(decide=args.decide, min_support=args.min_support, inconclusive=args.inconclusive)
+    policy = Policy(
+        decide=args.decide, min_support=args.min_support, inconclusive=args.inconclusive
+    )
     reports = []
     for file in args.files:
         session = open_session(args)

@@ -126,7 +126,9 @@ def test_latest_version_is_default_and_alias_columns(
     assert row["version"] == "2"  # the latest logged; 'prediction' was read as the label
     assert row["accuracy"] == pytest.approx(float((d["truth"] == d["pred2"]).mean()))
     assert s.model_names() == ["m"]
-    versions = s.sql('SELECT version, count(*) AS n FROM "predictions.m" GROUP BY version ORDER BY version')
+    versions = s.sql(
+        'SELECT version, count(*) AS n FROM "predictions.m" GROUP BY version ORDER BY version'
+    )
     assert versions.to_pylist() == [{"version": "1", "n": 600}, {"version": "2", "n": 600}]
 
 
@@ -142,7 +144,9 @@ def test_default_metrics_and_bootstrap_reproducible(
 
 def test_evaluate_by_matches_groupby(cls_session: tuple[Session, dict[str, np.ndarray]]) -> None:
     s, d = cls_session
-    weather = np.array(s.sql("SELECT weather FROM samples ORDER BY sample_id").to_pydict()["weather"])
+    weather = np.array(
+        s.sql("SELECT weather FROM samples ORDER BY sample_id").to_pydict()["weather"]
+    )
     rows = s.sql("EVALUATE m VERSION '1' BY weather METRICS accuracy").to_pylist()
     assert [r["weather"] for r in rows] == ["rain", "sun"]
     for r in rows:
@@ -152,10 +156,10 @@ def test_evaluate_by_matches_groupby(cls_session: tuple[Session, dict[str, np.nd
 
 
 def test_mean_of_a_column(cls_session: tuple[Session, dict[str, np.ndarray]]) -> None:
-    s, d = cls_session
+    s, _ = cls_session
     row = s.sql("EVALUATE m VERSION 1 ON dark METRICS mean(score), mean(loss)").to_pylist()[0]
     scores = s.sql(
-        'SELECT p.score FROM "predictions.m" p JOIN dark USING (sample_id) WHERE p.version = \'1\''
+        "SELECT p.score FROM \"predictions.m\" p JOIN dark USING (sample_id) WHERE p.version = '1'"
     ).to_pydict()["score"]
     assert row["mean(score)"] == pytest.approx(float(np.mean(scores)))
     assert row["mean(score)_lo"] < row["mean(score)"] < row["mean(score)_hi"]
@@ -165,7 +169,9 @@ def test_mean_of_a_column(cls_session: tuple[Session, dict[str, np.ndarray]]) ->
 
 def test_compare_paired_mcnemar(cls_session: tuple[Session, dict[str, np.ndarray]]) -> None:
     s, d = cls_session
-    rows = s.sql("COMPARE m VERSION 1 WITH m VERSION 2 ON samples, dark METRICS accuracy").to_pylist()
+    rows = s.sql(
+        "COMPARE m VERSION 1 WITH m VERSION 2 ON samples, dark METRICS accuracy"
+    ).to_pylist()
     assert [r["population"] for r in rows] == ["samples", "dark"]
     r = rows[0]
     c1 = d["truth"] == d["pred"]
@@ -208,7 +214,10 @@ def test_map50_on_detections() -> None:
                 "sample_id": ["a", "b"],
                 "gt_detections": pa.array(
                     [
-                        [{"label": "car", "box": [0, 0, 0.5, 0.5]}, {"label": "person", "box": [0.5, 0.5, 1, 1]}],
+                        [
+                            {"label": "car", "box": [0, 0, 0.5, 0.5]},
+                            {"label": "person", "box": [0.5, 0.5, 1, 1]},
+                        ],
                         [{"label": "car", "box": [0.1, 0.1, 0.3, 0.3]}],
                     ],
                     gt,
@@ -255,17 +264,25 @@ def test_miou_masks_and_class_iou() -> None:
             }
         ),
     )
-    s.log_predictions("seg", "1", [
-        {"sample_id": "a", "mask": [0, 1, 1, 1]},
-        {"sample_id": "b", "mask": [1, 1, 0, 0]},
-    ])
+    s.log_predictions(
+        "seg",
+        "1",
+        [
+            {"sample_id": "a", "mask": [0, 1, 1, 1]},
+            {"sample_id": "b", "mask": [1, 1, 0, 0]},
+        ],
+    )
     row = s.sql("EVALUATE seg ON samples METRICS miou").to_pylist()[0]
     # class 0: inter 1+1=2, union 2+2=4 -> 0.5; class 1: inter 2+2=4, union 3+3=6 -> 2/3
     assert row["miou"] == pytest.approx((0.5 + 2 / 3) / 2)
-    s.log_predictions("seg2", "1", [
-        {"sample_id": "a", "class_iou": {"road": 0.5, "sky": 0.9}},
-        {"sample_id": "b", "class_iou": {"road": 0.7}},
-    ])
+    s.log_predictions(
+        "seg2",
+        "1",
+        [
+            {"sample_id": "a", "class_iou": {"road": 0.5, "sky": 0.9}},
+            {"sample_id": "b", "class_iou": {"road": 0.7}},
+        ],
+    )
     row = s.sql("EVALUATE seg2 ON samples").to_pylist()[0]
     assert row["miou"] == pytest.approx((0.6 + 0.9) / 2)
 
@@ -273,7 +290,11 @@ def test_miou_masks_and_class_iou() -> None:
 def test_mae_regression() -> None:
     s = connect()
     s.register("samples", pa.table({"sample_id": ["a", "b", "c"], "target": [1.0, 2.0, 4.0]}))
-    s.log_predictions("reg", None, [{"sample_id": x, "value": v} for x, v in zip("abc", [1.5, 2.0, 3.0], strict=True)])
+    s.log_predictions(
+        "reg",
+        None,
+        [{"sample_id": x, "value": v} for x, v in zip("abc", [1.5, 2.0, 3.0], strict=True)],
+    )
     row = s.sql("EVALUATE reg ON samples").to_pylist()[0]
     assert row["mae"] == pytest.approx(sklearn_metrics.mean_absolute_error([1, 2, 4], [1.5, 2, 3]))
     assert row["version"] == "1"
@@ -297,11 +318,13 @@ def test_relogging_a_version_replaces_it_atomically_in_a_dataset(tmp_path: Path)
     s.log_predictions("m", "2", _tiny(5))
     s.log_predictions("m", "1", pa.table({"sample_id": ["x0"], "label": ["b"]}))
     assert s.version == v0 + 3
-    rows = s.sql('SELECT version, count(*) AS n FROM "predictions.m" GROUP BY version ORDER BY version')
+    rows = s.sql(
+        'SELECT version, count(*) AS n FROM "predictions.m" GROUP BY version ORDER BY version'
+    )
     assert rows.to_pylist() == [{"version": "1", "n": 1}, {"version": "2", "n": 5}]
     # the previous dataset version still has the old rows: each log was one commit
     old = s.at_version(v0 + 2)
-    assert old.sql('SELECT count(*) FROM "predictions.m" WHERE version = \'1\'').scalar() == 20
+    assert old.sql("SELECT count(*) FROM \"predictions.m\" WHERE version = '1'").scalar() == 20
     # a fresh session sees the predictions
     assert connect(tmp_path / "ds").model_names() == ["m"]
 
@@ -347,7 +370,10 @@ def test_check_does_not_log(tmp_path: Path) -> None:
         ([{"label": "a"}], "no sample_id column"),
         ([{"sample_id": "a"}, {"sample_id": "a"}], "several rows for one sample_id"),
         ([{"sample_id": None, "label": "a"}], "rows without a sample_id"),
-        ([{"sample_id": "a", "detections": [{"label": "x", "score": 1, "box": [0, 1]}]}], "detections"),
+        (
+            [{"sample_id": "a", "detections": [{"label": "x", "score": 1, "box": [0, 1]}]}],
+            "detections",
+        ),
     ],
 )
 def test_invalid_predictions(data: list[dict[str, object]], message: str) -> None:

@@ -26,19 +26,31 @@ pytest.importorskip("PIL")
 sklearn_linear = pytest.importorskip("sklearn.linear_model")
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
-from PIL import Image
-from sklearn.exceptions import ConvergenceWarning
+from PIL import Image  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 
-from popql.engine import Session, connect
+from popql.engine import Session, connect  # noqa: E402
 
 FMNIST = Path(os.environ.get("FASHION_MNIST_DIR") or "/usr/share/datasets/fashion-mnist")
-CLASSES = ["tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
+CLASSES = [
+    "tshirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "boot",
+]
 N_TEST = 1500
 N_TRAIN = 3000
 
 
 def _idx(path: Path) -> np.ndarray:
-    data = gzip.open(path, "rb").read()
+    with gzip.open(path, "rb") as f:
+        data = f.read()
     _, _, ndim = struct.unpack(">HBB", data[:4])
     shape = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
@@ -107,10 +119,14 @@ class World:
         import pandas as pd
 
         session.log_predictions(
-            "clf", "1", pd.DataFrame({"sample_id": self.ids, "label": self.pred, "score": self.score})
+            "clf",
+            "1",
+            pd.DataFrame({"sample_id": self.ids, "label": self.pred, "score": self.score}),
         )
         session.log_predictions(
-            "broken", "1", [{"sample_id": i, "label": p} for i, p in zip(self.ids, self.broken, strict=True)]
+            "broken",
+            "1",
+            [{"sample_id": i, "label": p} for i, p in zip(self.ids, self.broken, strict=True)],
         )
         self.session = session
 
@@ -167,11 +183,14 @@ def test_evaluate_against_sklearn(world: World) -> None:
 
 def test_compare_flags_the_planted_regression(world: World) -> None:
     s = world.fresh()
-    rows = {r["population"]: r for r in s.sql(
-        "COMPARE broken WITH clf ON dark, bright METRICS accuracy"
-    ).to_pylist()}
+    rows = {
+        r["population"]: r
+        for r in s.sql("COMPARE broken WITH clf ON dark, bright METRICS accuracy").to_pylist()
+    }
     dark = world.brightness < 0.2
-    ref = (world.broken[dark] == world.truth[dark]).mean() - (world.pred[dark] == world.truth[dark]).mean()
+    ref = (world.broken[dark] == world.truth[dark]).mean() - (
+        world.pred[dark] == world.truth[dark]
+    ).mean()
     assert rows["dark"]["diff"] == pytest.approx(ref)
     assert rows["dark"]["flag"] == "regression"
     assert rows["bright"]["diff"] == 0 and rows["bright"]["flag"] == ""
@@ -206,7 +225,10 @@ EXPECT accuracy >= 0.5 ON samples FOR MODEL clf MIN SUPPORT 100000;
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "popql.repl", *args], cwd=cwd, capture_output=True, text=True,
+        [sys.executable, "-m", "popql.repl", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
 
@@ -215,8 +237,17 @@ def test_popql_test_cli_junit_and_html(world: World, tmp_path: Path) -> None:
     suite = tmp_path / "quality.popql"
     suite.write_text(suite_text(world))
     proc = run_cli(
-        "test", str(suite), "--dataset", str(world.dataset), "--model", "clf",
-        "--junit", "junit.xml", "--report", "report.html", cwd=tmp_path,
+        "test",
+        str(suite),
+        "--dataset",
+        str(world.dataset),
+        "--model",
+        "clf",
+        "--junit",
+        "junit.xml",
+        "--report",
+        "report.html",
+        cwd=tmp_path,
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
@@ -252,22 +283,38 @@ def check_report(html: Path, tmp: Path) -> None:
     assert "<svg" in text and "http://" not in text.replace("http://www.w3.org/2000/svg", "")
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
-        pytest.skip("chromium is not installed (apt-get install chromium); the report was not opened")
-    base = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-            "--enable-logging=stderr", "--v=0", f"--user-data-dir={tmp / 'chrome-profile'}"]
+        pytest.skip(
+            "chromium is not installed (apt-get install chromium); the report was not opened"
+        )
+    base = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--enable-logging=stderr",
+        "--v=0",
+        f"--user-data-dir={tmp / 'chrome-profile'}",
+    ]
     shot = tmp / "report.png"
     proc = subprocess.run(
         [*base, "--window-size=1200,1000", f"--screenshot={shot}", html.as_uri()],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert shot.is_file(), proc.stderr[-2000:]
-    dom = subprocess.run([*base, "--dump-dom", html.as_uri()], capture_output=True, text=True, timeout=120)
+    dom = subprocess.run(
+        [*base, "--dump-dom", html.as_uri()], capture_output=True, text=True, timeout=120
+    )
     console = [line for line in (proc.stderr + dom.stderr).splitlines() if "CONSOLE" in line]
     assert console == [], console
     assert 'data-charts="2"' in dom.stdout  # the page's script ran: accuracy and f1 charts
     image = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+
     def count(rgb: tuple[int, int, int]) -> int:
         return int((np.abs(image - np.array(rgb)).sum(axis=2) < 30).sum())
+
     assert count((0x1A, 0x7F, 0x37)) > 200  # pass dots and interval bars
     assert count((0xCF, 0x22, 0x2E)) > 200  # fail dots and bars
     assert count((0xBF, 0x87, 0x00)) > 50  # inconclusive
@@ -278,9 +325,23 @@ def test_pytest_plugin_runs_expectations(world: World, tmp_path: Path) -> None:
     (tmp_path / "test_quality.popql").write_text(suite_text(world))
     (tmp_path / "test_code.py").write_text("def test_code():\n    assert 1 + 1 == 2\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-rs", "--popql-dataset", str(world.dataset),
-         "--popql-model", "clf", "--junitxml", "out.xml", str(tmp_path)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-rs",
+            "--popql-dataset",
+            str(world.dataset),
+            "--popql-model",
+            "clf",
+            "--junitxml",
+            "out.xml",
+            str(tmp_path),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     out = proc.stdout
     assert proc.returncode == 1, out + proc.stderr
@@ -304,16 +365,20 @@ def test_pytest_plugin_session_hook(world: World, tmp_path: Path) -> None:
         "import popql\n"
         "def pytest_popql_session(path, config):\n"
         f"    s = popql.connect({str(world.dataset)!r})\n"
-        "    s.sql(\"CREATE VIEW dark_from_hook AS SELECT * FROM samples WHERE brightness < 0.2\")\n"
+        '    s.sql("CREATE VIEW dark_from_hook AS SELECT * FROM samples WHERE brightness < 0.2")\n'
         "    return s\n"
     )
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-v", str(tmp_path)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert re.search(
-        r"gates\.popql::EXPECT accuracy >= 0(\.|::)5 ON dark_from_hook FOR MODEL clf \[line 1\]\s+PASSED",
+        r"gates\.popql::EXPECT accuracy >= 0(\.|::)5 ON dark_from_hook FOR MODEL clf "
+        r"\[line 1\]\s+PASSED",
         proc.stdout,
     ), proc.stdout
     assert "test_other.popql" not in proc.stdout  # not matched by popql_suites

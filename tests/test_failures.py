@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import numpy as np
@@ -75,11 +76,11 @@ def test_planted_conjunction_is_found_first() -> None:
         assert r["statement"].startswith(f"CREATE POPULATION failures_m_{r['rank']} DESCRIPTION")
         assert len(selected(s, r["statement"])) == r["n"]
     assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
-    assert all(a["score"] >= b["score"] for a, b in zip(rows, rows[1:], strict=False))
+    assert all(a["score"] >= b["score"] for a, b in itertools.pairwise(rows))
 
 
 def test_by_restricts_the_columns_and_min_support() -> None:
-    s, planted = planted_session()
+    s, _ = planted_session()
     rows = s.sql("FIND FAILURES FOR MODEL m BY dominant_color, contrast").to_pylist()
     assert all("brightness" not in r["slice"] and "num_faces" not in r["slice"] for r in rows)
     rows = s.sql("FIND FAILURES FOR MODEL m BY brightness, num_faces MIN SUPPORT 400").to_pylist()
@@ -121,7 +122,13 @@ def test_embedding_cluster_is_a_candidate() -> None:
     )
     bad = which == 2
     wrong = np.where(bad, rng.random(n) < 0.7, rng.random(n) < 0.05)
-    s.log_predictions("m", "1", pa.table({"sample_id": ids, "label": np.where(wrong, np.where(labels == "a", "b", "a"), labels)}))
+    s.log_predictions(
+        "m",
+        "1",
+        pa.table(
+            {"sample_id": ids, "label": np.where(wrong, np.where(labels == "a", "b", "a"), labels)}
+        ),
+    )
     rows = s.sql("FIND FAILURES FOR MODEL m").to_pylist()
     assert rows[0]["kind"] == "cluster"
     found = selected(s, rows[0]["statement"])

@@ -47,7 +47,8 @@ def test_suite_files_with_expectations_are_collected(tmp_path: Path) -> None:
         tmp_path / "preds.parquet",
     )
     setup = (
-        f"CREATE EXTERNAL TABLE samples STORED AS PARQUET LOCATION '{tmp_path / 'samples.parquet'}';\n"
+        "CREATE EXTERNAL TABLE samples STORED AS PARQUET "
+        f"LOCATION '{tmp_path / 'samples.parquet'}';\n"
         "IMPORT PREDICTIONS FOR MODEL m FROM 'preds.parquet';\n"
     )
     (tmp_path / "test_gates.popql").write_text(
