@@ -254,7 +254,7 @@ def build_frame(
                 raise _error(
                     "V003",
                     f"model '{preds.model}' version '{preds.version}' has no '{source}' "
-                    f"predictions ({_metrics_for(need)} need them)",
+                    f"predictions (needed by {_metrics_for(need)})",
                     span,
                     f"its columns: {', '.join(table.column_names)}",
                 )
@@ -276,7 +276,7 @@ def build_frame(
                         + "samples or labels"
                         + ("" if need in TRUTH else f" or the predictions of '{preds.model}'"),
                         span,
-                        f"{_metrics_for(need)} compare the predictions with '{name}'"
+                        f"{_metrics_for(need)}: the predictions are compared with '{name}'"
                         if need in TRUTH
                         else "",
                     )

@@ -478,10 +478,10 @@ def import_predictions(session: Session, stmt: A.ImportPredictions, ctx: Command
         if beside.exists():
             path = beside
     if not path.exists():
-        raise _error("F001", f"file not found: {raw}", span=stmt.path.span)
+        raise _error("F001", f"file not found: {raw}", span=stmt.path.span or stmt.span)
     if not ctx.execute:
         return Result.empty()
-    data = _read_file(path, stmt.path.span)
+    data = _read_file(path, stmt.path.span or stmt.span)
     n = log_predictions(session, model, version, data)
     return Result(
         pa.table(
