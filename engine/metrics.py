@@ -81,12 +81,15 @@ class Frame:
 
     sample_ids: np.ndarray
     columns: dict[str, np.ndarray] = field(default_factory=dict)
+    #: values shared by every resample of this frame (e.g. the number of classes)
+    meta: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.sample_ids)
 
     def take(self, idx: np.ndarray) -> Frame:
-        return Frame(self.sample_ids[idx], {k: v[idx] for k, v in self.columns.items()})
+        columns = {k: v[idx] for k, v in self.columns.items()}
+        return Frame(self.sample_ids[idx], columns, self.meta)
 
 
 @dataclass(frozen=True)
@@ -149,12 +152,17 @@ def _accuracy_k(f: Frame, s: MetricSpec) -> tuple[int, int]:
 
 
 def _codes(f: Frame) -> tuple[np.ndarray, np.ndarray, int]:
-    classes, inv = np.unique(
-        np.concatenate([f.columns["true_label"], f.columns["pred_label"]]).astype(str),
-        return_inverse=True,
-    )
-    n = len(f)
-    return inv[:n], inv[n:], len(classes)
+    """Integer codes of the true and predicted labels (computed once, kept by resamples)."""
+    if "_true_code" not in f.columns:
+        classes, inv = np.unique(
+            np.concatenate([f.columns["true_label"], f.columns["pred_label"]]).astype(str),
+            return_inverse=True,
+        )
+        n = len(f)
+        f.columns["_true_code"] = inv[:n]
+        f.columns["_pred_code"] = inv[n:]
+        f.meta["classes"] = len(classes)
+    return f.columns["_true_code"], f.columns["_pred_code"], int(f.meta["classes"])
 
 
 def _macro(f: Frame, which: str) -> float:
@@ -162,14 +170,56 @@ def _macro(f: Frame, which: str) -> float:
         return math.nan
     t, p, k = _codes(f)
     cm = np.bincount(t * k + p, minlength=k * k).reshape(k, k)
+    return cm_value(cm, which, None)
+
+
+CONFUSION = ("precision", "recall", "f1")
+
+
+def cm_value(cm: np.ndarray, which: str, cls: int | None) -> float:
+    """precision / recall / f1 from a confusion matrix (rows: true, columns: predicted):
+    macro over the classes present when ``cls`` is None, else of class index ``cls``."""
     tp = np.diag(cm).astype(np.float64)
     pred_pos = cm.sum(axis=0).astype(np.float64)
     true_pos = cm.sum(axis=1).astype(np.float64)
+    if cls is not None:
+        if cls < 0:
+            return math.nan
+        t, pp, tt = tp[cls], pred_pos[cls], true_pos[cls]
+        if which == "precision":
+            return t / pp if pp else math.nan
+        if which == "recall":
+            return t / tt if tt else math.nan
+        return 2 * t / (pp + tt) if pp + tt else math.nan
+    seen = (pred_pos + true_pos) > 0
+    if not seen.any():
+        return math.nan
+    tp, pred_pos, true_pos = tp[seen], pred_pos[seen], true_pos[seen]
     with np.errstate(divide="ignore", invalid="ignore"):
         prec = np.where(pred_pos > 0, tp / pred_pos, 0.0)
         rec = np.where(true_pos > 0, tp / true_pos, 0.0)
         f1 = np.where(prec + rec > 0, 2 * prec * rec / (prec + rec), 0.0)
     return float({"precision": prec, "recall": rec, "f1": f1}[which].mean())
+
+
+def _cells_bootstrap(
+    keys: np.ndarray, statistic: Callable[[np.ndarray], float], resamples: int, seed: int = SEED
+) -> np.ndarray:
+    """Bootstrap of a statistic of categorical per-sample ``keys`` (e.g. confusion cells).
+
+    Resampling n samples with replacement is the same as drawing the counts of the distinct
+    keys from a multinomial with the observed frequencies, which costs O(#keys) instead of
+    O(n) per resample. ``statistic`` gets the counts aligned with ``np.unique(keys)``."""
+    n = len(keys)
+    values = np.full(resamples, math.nan)
+    if n == 0:
+        return values
+    _, counts = np.unique(keys, return_counts=True)
+    rng = np.random.default_rng(seed)
+    probs = counts / n
+    for i in range(resamples):
+        values[i] = statistic(rng.multinomial(n, probs))
+    return values
 
 
 def _one_class(f: Frame, cls: str) -> tuple[int, int, int]:
@@ -423,9 +473,39 @@ def compute(f: Frame, spec: MetricSpec) -> MetricValue:
     vals = per_sample(f, spec)
     if vals is not None:
         lo, hi = _mean_bootstrap(vals, m.resamples)
+    elif spec.name in CONFUSION and len(f):
+        t, p, k = _codes(f)
+        cell = t * k + p
+        uniq = np.unique(cell)
+        cls = _class_code(f, spec.arg)
+
+        def stat(counts: np.ndarray) -> float:
+            cm = np.bincount(uniq, weights=counts, minlength=k * k).reshape(k, k)
+            return cm_value(cm, spec.name, cls)
+
+        lo, hi = _interval(_cells_bootstrap(cell, stat, m.resamples))
     else:
         lo, hi = bootstrap_interval(f, lambda g: m.stat(g, spec), m.resamples)
     return MetricValue(spec.label, value, lo, hi, len(f), "bootstrap")
+
+
+def _class_code(f: Frame, cls: str | None) -> int | None:
+    """The code of class ``cls`` in ``f``'s codes (-1: absent), None for a macro average."""
+    if cls is None:
+        return None
+    _codes(f)
+    both = np.concatenate([f.columns["true_label"], f.columns["pred_label"]]).astype(str)
+    classes = np.unique(both)
+    hit = np.nonzero(classes == cls)[0]
+    return int(hit[0]) if len(hit) else -1
+
+
+def _interval(values: np.ndarray) -> tuple[float, float]:
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return (math.nan, math.nan)
+    lo, hi = np.quantile(values, [0.025, 0.975])
+    return (float(lo), float(hi))
 
 
 def _mean_bootstrap(values: np.ndarray, resamples: int, seed: int = SEED) -> tuple[float, float]:
@@ -479,12 +559,15 @@ def compare(base: Frame, new: Frame, spec: MetricSpec, seed: int = SEED) -> Diff
     resamples = m.resamples
     diffs = np.empty(resamples)
     pb, pn = per_sample(base, spec), per_sample(new, spec)
-    for i in range(resamples):
-        idx = rng.integers(0, n, n) if n else np.array([], dtype=np.int64)
-        if pb is not None and pn is not None:
-            diffs[i] = pn[idx].mean() - pb[idx].mean() if n else math.nan
-        else:
-            diffs[i] = m.stat(new.take(idx), spec) - m.stat(base.take(idx), spec)
+    if spec.name in CONFUSION and pb is None and n:
+        diffs = _paired_confusion(base, new, spec, resamples, seed)
+    else:
+        for i in range(resamples):
+            idx = rng.integers(0, n, n) if n else np.array([], dtype=np.int64)
+            if pb is not None and pn is not None:
+                diffs[i] = pn[idx].mean() - pb[idx].mean() if n else math.nan
+            else:
+                diffs[i] = m.stat(new.take(idx), spec) - m.stat(base.take(idx), spec)
     diffs = diffs[~np.isnan(diffs)]
     lo, hi = (
         (float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975)))
@@ -505,6 +588,34 @@ def compare(base: Frame, new: Frame, spec: MetricSpec, seed: int = SEED) -> Diff
             p = math.nan
         test = "paired bootstrap"
     return Difference(spec.label, v_base, v_new, v_new - v_base, lo, hi, p, n, test)
+
+
+def _paired_confusion(
+    base: Frame, new: Frame, spec: MetricSpec, resamples: int, seed: int
+) -> np.ndarray:
+    """Paired bootstrap of ``new - base`` for confusion metrics, over the joint cells
+    (true, base prediction, new prediction) of each sample (see :func:`_cells_bootstrap`)."""
+    truth = base.columns["true_label"].astype(str)
+    pb = base.columns["pred_label"].astype(str)
+    pn = new.columns["pred_label"].astype(str)
+    classes, inv = np.unique(np.concatenate([truth, pb, pn]), return_inverse=True)
+    k = len(classes)
+    n = len(truth)
+    t, b, c = inv[:n], inv[n : 2 * n], inv[2 * n :]
+    joint = (t * k + b) * k + c
+    uniq = np.unique(joint)
+    ut, ub, uc = uniq // (k * k), (uniq // k) % k, uniq % k
+    cls: int | None = None
+    if spec.arg is not None:
+        hit = np.nonzero(classes == spec.arg)[0]
+        cls = int(hit[0]) if len(hit) else -1
+
+    def stat(counts: np.ndarray) -> float:
+        cm_b = np.bincount(ut * k + ub, weights=counts, minlength=k * k).reshape(k, k)
+        cm_n = np.bincount(ut * k + uc, weights=counts, minlength=k * k).reshape(k, k)
+        return cm_value(cm_n, spec.name, cls) - cm_value(cm_b, spec.name, cls)
+
+    return _cells_bootstrap(joint, stat, resamples, seed)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
