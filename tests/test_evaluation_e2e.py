@@ -318,6 +318,11 @@ def check_report(html: Path, tmp: Path) -> None:
     assert count((0x1A, 0x7F, 0x37)) > 200  # pass dots and interval bars
     assert count((0xCF, 0x22, 0x2E)) > 200  # fail dots and bars
     assert count((0xBF, 0x87, 0x00)) > 50  # inconclusive
+    keep = os.environ.get("POPQL_TEST_ARTIFACTS")
+    if keep:  # e.g. CI uploads the screenshot
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(keep) / "report.png")
+        shutil.copy(html, Path(keep) / "report.html")
 
 
 def test_pytest_plugin_runs_expectations(world: World, tmp_path: Path) -> None:
