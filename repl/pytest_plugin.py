@@ -122,6 +122,15 @@ class PopQLFile(pytest.File):
                 )
                 index += 1
 
+    def repr_failure(  # type: ignore[override]
+        self, excinfo: pytest.ExceptionInfo[BaseException]
+    ) -> str | Any:
+        from popql.diagnostics import PopQLError
+
+        if isinstance(excinfo.value, PopQLError):  # a suite that does not parse
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)
+
     def report(self) -> Any:
         """Run the suite once (on first use) and return its SuiteReport."""
         if self._report is None and self._error is None:

@@ -71,3 +71,12 @@ def test_suite_files_with_expectations_are_collected(tmp_path: Path) -> None:
     assert "test_queries.popql" not in proc.stdout and "gates.popql::" not in proc.stdout.replace(
         "test_gates.popql::", ""
     )
+
+
+def test_a_suite_that_does_not_parse_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_broken.popql").write_text("EXPECT accuracy >= ON samples;\n")
+    proc = pytest_run("-q", str(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr  # pytest: collection errors
+    assert "error[P001]" in proc.stdout and "test_broken.popql:1:" in proc.stdout
+    assert "Traceback" not in proc.stdout
