@@ -21,7 +21,7 @@ PopQL                                  DataFusion SQL
 ``FROM t AS OF VERSION 3``             ``FROM "t@v3" AS t`` (the dataset snapshot, registered)
 ``image SIMILAR TO 'text' ...``,       diagnostic X001 (executed by the similarity-search
 ``NEAR ...``, ``SIMILARITY(...)``      release), pointing at the construct
-populations and testing statements     diagnostic X001
+populations, evaluation statements    X002 here: a session executes them (``engine/commands.py``)
 =====================================  =========================================================
 """
 
@@ -38,13 +38,23 @@ from popql.check import (
     Catalog,
     ColumnInfo,
     Scope,
-    is_image_column,
     is_list_type,
     is_text_type,
     list_item_type,
 )
-from popql.diagnostics import Diagnostic, PopQLError, did_you_mean
+from popql.diagnostics import Diagnostic, PopQLError
 from popql.format import format_node, to_sql
+
+from .lower_similarity import (
+    SEARCH_NODES,
+    SelectContext,
+    lower_near,
+    lower_select,
+    lower_similar_to,
+    lower_similarity_score,
+    order_search,
+    rank_order,
+)
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,10 @@ def _describe(node: A.Node) -> str:
         A.FreezePopulation: "FREEZE POPULATION",
         A.DiffPopulation: "DIFF POPULATION",
         A.HoldOut: "HOLD OUT",
+        A.ShowSplits: "SHOW SPLITS",
+        A.ShowLeakage: "SHOW LEAKAGE",
+        A.Show: "SHOW POPULATIONS",
+        A.Drop: "DROP POPULATION",
         A.Evaluate: "EVALUATE",
         A.Compare: "COMPARE",
         A.Expect: "EXPECT",
@@ -103,29 +117,39 @@ def _describe(node: A.Node) -> str:
     }.get(type(node), type(node).__name__)
 
 
-def _refuse(stmt: A.Statement) -> None:
-    raise not_available(stmt)
-
-
-def _refuse_show(stmt: A.Statement) -> None:
-    assert isinstance(stmt, A.Show)
-    if stmt.kind == "POPULATIONS":
-        raise not_available(stmt, "SHOW POPULATIONS")
-
-
-def _refuse_drop(stmt: A.Statement) -> None:
-    assert isinstance(stmt, A.Drop)
-    if stmt.kind == "POPULATION":
-        raise not_available(stmt, "DROP POPULATION")
+def _session_only(stmt: A.Statement) -> None:
+    """Population and evaluation statements run in a session (engine/populations.py,
+    engine/evaluate.py... via COMMANDS); lowering
+    one to SQL without a session is a mistake of the caller, reported clearly."""
+    if isinstance(stmt, A.Show) and stmt.kind != "POPULATIONS":
+        return
+    if isinstance(stmt, A.Drop) and stmt.kind != "POPULATION":
+        return
+    what = _describe(stmt)
+    raise PopQLError(
+        Diagnostic(
+            "X002",
+            f"{what} has no SQL form: a PopQL session executes it",
+            stmt.span,
+            hints=("run it with Session.sql(...), `popql run` or `popql query`",),
+        )
+    )
 
 
 STATEMENT_LOWERINGS: dict[type, Callable[[A.Statement], None]] = {
-    A.CreatePopulation: _refuse,
-    A.FreezePopulation: _refuse,
-    A.DiffPopulation: _refuse,
-    A.HoldOut: _refuse,
-    A.Show: _refuse_show,
-    A.Drop: _refuse_drop,
+    A.CreatePopulation: _session_only,
+    A.FreezePopulation: _session_only,
+    A.DiffPopulation: _session_only,
+    A.HoldOut: _session_only,
+    A.ShowSplits: _session_only,
+    A.ShowLeakage: _session_only,
+    A.Show: _session_only,
+    A.Drop: _session_only,
+    A.Evaluate: _session_only,
+    A.Compare: _session_only,
+    A.Expect: _session_only,
+    A.FindFailures: _session_only,
+    A.ImportPredictions: _session_only,
 }
 
 
@@ -136,6 +160,9 @@ class _Lowering:
         self.catalog = catalog
         self.udfs: dict[str, Any] = {}
         self.ctes: dict[str, str] = {}  # CTE name -> SQL that selects from it (for typing)
+        self.expanding: tuple[str, ...] = ()  # populations being expanded (cycle check)
+        self.selects: list[SelectContext] = []  # the SELECTs being lowered, innermost last
+        self.current_with: A.With | None = None  # the lowered WITH clause in scope
 
     def statement(self, stmt: A.Statement) -> A.Statement:
         scope: Scope | None = None
@@ -153,7 +180,9 @@ class _Lowering:
         if isinstance(node, A.Query):
             return self.visit_query(node, scope)
         if isinstance(node, A.Select):
-            scope = Scope.for_select(node, self.catalog, scope, self.ctes, self.sql_of)
+            select, _ = lower_select(self, node, scope)
+            self.selects.pop()
+            return select
         original = node
         node = self.visit_fields(node, scope)
         if isinstance(node, A.SelectItem) and isinstance(original, A.SelectItem):
@@ -183,6 +212,7 @@ class _Lowering:
         # WITH first (its CTEs type the body's FROM items), then the body, then ORDER BY /
         # LIMIT in the body's scope (query-level ORDER BY sees the SELECT's columns).
         saved = dict(self.ctes)
+        saved_with = self.current_with
         with_ = query.with_
         if with_ is not None:
             new_ctes = []
@@ -195,14 +225,26 @@ class _Lowering:
                 )
             with_ = dataclasses.replace(with_, ctes=tuple(new_ctes))
             object.__setattr__(with_, "span", query.with_.span if query.with_ else None)
-        body = self.visit(query.body, scope)
-        inner = scope
-        if isinstance(query.body, A.Select):
-            inner = Scope.for_select(query.body, self.catalog, scope, self.ctes, self.sql_of)
-        out = self.visit_fields(query, inner, skip=("body", "with_"))
-        out = dataclasses.replace(out, body=body, with_=with_)
-        object.__setattr__(out, "span", query.span)
-        self.ctes = saved
+            self.current_with = with_
+        try:
+            if isinstance(query.body, A.Select):
+                # The body's context stays open for ORDER BY (SIMILARITY there reads the
+                # WHERE clause's search; ORDER BY SIMILARITY(...) DESC LIMIT n is a top-n).
+                body, ctx = lower_select(self, query.body, scope, order_search(query))
+                try:
+                    out = self.visit_fields(query, ctx.scope, skip=("body", "with_"))
+                finally:
+                    self.selects.pop()
+                if not query.order_by and not query.order_by_all:
+                    out = rank_order(out, body, ctx)
+            else:
+                body = self.visit(query.body, scope)
+                out = self.visit_fields(query, scope, skip=("body", "with_"))
+            out = dataclasses.replace(out, body=body, with_=with_)
+            object.__setattr__(out, "span", query.span)
+        finally:
+            self.ctes = saved
+            self.current_with = saved_with
         return out
 
     def sql_of(self, query: A.Query) -> str:
@@ -219,7 +261,8 @@ class _Lowering:
         name of the UDF it lowered to)."""
         if item.alias is not None or item is original:
             return item
-        if not any(isinstance(n, (A.ListQuantifier, A.Tagged)) for n in original.expr.walk()):
+        popql_nodes = (A.ListQuantifier, A.Tagged, *SEARCH_NODES)
+        if not any(isinstance(n, popql_nodes) for n in original.expr.walk()):
             return item
         alias = A.Identifier(format_node(original.expr), quote='"')
         renamed = A.SelectItem(item.expr, alias)
@@ -363,78 +406,11 @@ def _arrow_type(catalog: Catalog | None, info: ColumnInfo) -> Any:
     return schema.field(info.name).type
 
 
-def lower_similar_to(lw: _Lowering, node: A.SimilarTo, scope: Scope | None) -> A.Expr:
-    options = node.options
-    has_options = bool(options.using or options.top_k or options.threshold or options.exact)
-    if node.operand is None:
-        raise not_available(node)
-    info = lw.operand_info(node.operand, scope)
-    if info is not None and is_text_type(info.type) and not has_options:
-        return node  # SQL's SIMILAR TO: a regular-expression match, kept as it is
-    if info is not None and is_text_type(info.type):
-        raise PopQLError(
-            (
-                Diagnostic(
-                    "T002",
-                    f"'{info.name}' is a text column: SIMILAR TO on it is a pattern match, and"
-                    " USING / TOP / THRESHOLD / EXACT only apply to similarity search on an"
-                    " image column",
-                    node.span,
-                    hints=_image_hint(scope),
-                ),
-            )
-        )
-    if info is not None and not is_image_column(info):
-        raise PopQLError(
-            (
-                Diagnostic(
-                    "T002",
-                    f"SIMILAR TO needs a text column (pattern match) or an image column"
-                    f" (similarity search), but '{info.name}' is {info.type}",
-                    node.operand.span,
-                    hints=_image_hint(scope),
-                ),
-            )
-        )
-    if info is None and not has_options:
-        return node  # an expression: leave SQL's meaning and let DataFusion type it
-    raise not_available(node)
-
-
-def _image_hint(scope: Scope | None) -> tuple[str, ...]:
-    if scope is None:
-        return ()
-    images = [c.name for c in scope.default_column("image")]
-    return tuple(f"did you mean '{n}'?" for n in did_you_mean("image", images)) or (
-        ("similarity search runs on a dataset's image column; see README",)
-    )
-
-
-def lower_near(lw: _Lowering, node: A.Near, scope: Scope | None) -> A.Expr:
-    if node.operand is not None:
-        info = lw.operand_info(node.operand, scope)
-        if info is not None and not is_image_column(info):
-            raise PopQLError(
-                (
-                    Diagnostic(
-                        "T002",
-                        f"NEAR needs an image column, but '{info.name}' is {info.type}",
-                        node.operand.span,
-                        hints=_image_hint(scope),
-                    ),
-                )
-            )
-    raise not_available(node)
-
-
-def lower_similarity_score(lw: _Lowering, node: A.SimilarityScore, scope: Scope | None) -> A.Expr:
-    raise not_available(node)
-
-
 def lower_table_name(lw: _Lowering, node: A.TableName, scope: Scope | None) -> A.TableRef:
-    """``FROM samples AS OF VERSION 3``: the catalog registers that snapshot under a new name."""
+    """``FROM samples AS OF VERSION 3``: the catalog registers that snapshot under a new name.
+    ``FROM <population>``: the population's stored query, as a derived table."""
     if node.version is None:
-        return node
+        return _expand_population(lw, node) or node
     resolve = getattr(lw.catalog, "versioned_table", None)
     if resolve is None:
         raise PopQLError(
@@ -448,6 +424,56 @@ def lower_table_name(lw: _Lowering, node: A.TableName, scope: Scope | None) -> A
         )
     name = resolve(".".join(p.value for p in node.name), int(node.version), node.span)
     return A.TableName((A.Identifier(name, quote='"'),), node.alias or _default_alias(node))
+
+
+def _expand_population(lw: _Lowering, node: A.TableName) -> A.TableRef | None:
+    """``FROM dark`` where ``dark`` is a population (and no table): ``(<its query>) AS dark``.
+
+    The query re-runs at each use, so membership follows the data. The catalog checks the
+    embedder identity the population was written against (M005). Errors inside the stored
+    query are reported at the population's name, naming the population."""
+    find = getattr(lw.catalog, "population_query", None)
+    if find is None or len(node.name) != 1:
+        return None
+    name = _norm_ident(node.name[0])
+    if name in lw.ctes:
+        return None  # a CTE of that name hides the population
+    query = find(name, node.span)
+    if query is None:
+        return None
+    if name in lw.expanding:
+        chain = " -> ".join([*lw.expanding, name])
+        raise PopQLError(
+            Diagnostic("N006", f"population '{name}' refers to itself ({chain})", node.span)
+        )
+    inner = _Lowering(lw.catalog)
+    inner.expanding = (*lw.expanding, name)
+    text = format_node(query)
+    try:
+        lowered = inner.visit(query, None)
+        plan = getattr(lw.catalog, "query_columns", None)
+        if plan is not None:
+            sql = to_sql(lowered)
+            try:
+                plan(sql)  # DataFusion's own errors, told against the population's query
+            except Exception as exc:
+                from popql.engine.errors import message_of, translate_message
+
+                raise PopQLError(translate_message(message_of(exc), text, sql=sql)) from exc
+    except PopQLError as err:
+        raise PopQLError(
+            tuple(
+                Diagnostic(
+                    d.code,
+                    f"in population '{name}': {d.message}",
+                    node.span,
+                    hints=(*d.hints, f"population '{name}' is: {text}"),
+                )
+                for d in err.diagnostics
+            )
+        ) from err
+    lw.udfs.update(inner.udfs)
+    return A.DerivedTable(lowered, node.alias or _default_alias(node))
 
 
 def _default_alias(node: A.TableName) -> A.TableAlias:

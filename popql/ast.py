@@ -432,7 +432,7 @@ class SearchOptions(Node):
 
 @dataclass(frozen=True)
 class NearExample(Node):
-    kind: str  # IMAGE or SAMPLE
+    kind: str  # IMAGE, SAMPLE or TEXT
     value: String | Number
     negated: bool = False
 
@@ -919,6 +919,21 @@ class HoldOut(Statement):
     percent: str
     population: Identifier
     salt: String | None = None
+
+
+@dataclass(frozen=True)
+class ShowSplits(Statement):
+    """``SHOW SPLITS [OF pop, ...]``: the share of each split in each population."""
+
+    populations: tuple[Identifier, ...] = ()
+
+
+@dataclass(frozen=True)
+class ShowLeakage(Statement):
+    """``SHOW LEAKAGE [THRESHOLD t] [USING embedder]``: near-duplicates across splits."""
+
+    threshold: str | None = None
+    using: tuple[Identifier, ...] = ()
 
 
 @dataclass(frozen=True)

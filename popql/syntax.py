@@ -689,6 +689,10 @@ class _Builder(Transformer):
         return A.NearExample("IMAGE", _string(c[0]))
 
     @_handler
+    def near_text(self, c: list[Any]) -> A.NearExample:
+        return A.NearExample("TEXT", _string(c[0]))
+
+    @_handler
     def near_sample(self, c: list[Any]) -> A.NearExample:
         tok = c[0]
         value: A.String | A.Number = _string(tok) if tok.type == "STRING" else A.Number(str(tok))
@@ -1576,6 +1580,16 @@ class _Builder(Transformer):
     @_handler
     def show_populations(self, c: list[Any]) -> A.Show:
         return A.Show("POPULATIONS")
+
+    @_handler
+    def show_splits(self, c: list[Any]) -> A.ShowSplits:
+        return A.ShowSplits(tuple(x for x in c if isinstance(x, A.Identifier)))
+
+    @_handler
+    def show_leakage(self, c: list[Any]) -> A.ShowLeakage:
+        threshold = _tok(c, "NUMBER")
+        using = tuple(x for x in c if isinstance(x, A.Identifier))
+        return A.ShowLeakage(str(threshold) if threshold is not None else None, using)
 
     @_handler
     def show_variable(self, c: list[Any]) -> A.Show:

@@ -388,3 +388,35 @@ def test_pytest_plugin_session_hook(world: World, tmp_path: Path) -> None:
     ), proc.stdout
     assert "test_other.popql" not in proc.stdout  # not matched by popql_suites
     assert "1 passed" in proc.stdout
+
+
+def test_populations_and_hold_out(world: World) -> None:
+    """Real populations (engine/populations.py): by name, printed by FIND FAILURES, and the
+    ``split`` column a hold-out assigns (runs last: it writes populations to the dataset)."""
+    s = connect(world.dataset)
+    s.sql(
+        "CREATE POPULATION dim DESCRIPTION 'dark' AS SELECT * FROM samples WHERE brightness < 0.2"
+    )
+    s.sql("HOLD OUT 30 PERCENT OF dim SALT 'eval'")
+    s.sql("CREATE POPULATION dim_test AS SELECT * FROM dim WHERE split = 'test'")
+    rows = {
+        r["population"]: r
+        for r in s.sql("EVALUATE clf ON dim, dim_test METRICS accuracy").to_pylist()
+    }
+    split = dict(
+        zip(*s.sql("SELECT sample_id, split FROM samples").to_pydict().values(), strict=True)
+    )
+    dark = world.brightness < 0.2
+    held = dark & np.array([split[i] == "test" for i in world.ids])
+    assert 0 < held.sum() < dark.sum()
+    for name, mask in (("dim", dark), ("dim_test", held)):
+        assert rows[name]["n"] == mask.sum()
+        ref = sklearn_metrics.accuracy_score(world.truth[mask], world.pred[mask])
+        assert rows[name]["accuracy"] == pytest.approx(ref)
+    by = {r["split"]: r for r in s.sql("EVALUATE clf BY split METRICS accuracy").to_pylist()}
+    assert by["test"]["n"] == held.sum()
+    top = s.sql("FIND FAILURES FOR MODEL broken").to_pylist()[0]
+    assert "split" not in top["slice"]
+    s.sql(top["statement"])  # the printed population is a working population
+    found = s.sql("EXPECT accuracy >= 0.9 ON failures_broken_1 FOR MODEL broken").to_pylist()[0]
+    assert found["status"] == "fail" and found["n"] == top["n"]
