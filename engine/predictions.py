@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -393,12 +394,23 @@ def model_names(session: Session) -> list[str]:
 def versions(session: Session, model: str) -> list[str]:
     """The logged versions of ``model``, oldest first."""
     table = _read_all(session, model, None)
-    rows = (
-        table.group_by("version")
-        .aggregate([("logged_at", "max")])
-        .sort_by([("logged_at_max", "ascending"), ("version", "ascending")])
-    )
-    return [str(v) for v in rows.column("version").to_pylist()]
+    last: dict[str, int] = {}
+    for v, t in zip(table.column("version").to_pylist(), _stamps(table).tolist(), strict=True):
+        last[str(v)] = max(t, last.get(str(v), t))
+    return sorted(last, key=lambda v: (last[v], v))
+
+
+def _stamps(table: pa.Table) -> np.ndarray:
+    """``logged_at`` as int64 microseconds (plain numbers: no time-zone conversion)."""
+    col = table.column("logged_at").combine_chunks()
+    return np.asarray(col.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False))
+
+
+def _latest_version(table: pa.Table) -> str:
+    """The version logged last (the greatest name among those logged at that instant)."""
+    stamps = _stamps(table)
+    versions = np.asarray(table.column("version").to_pylist(), dtype=object)
+    return str(max(versions[stamps == stamps.max()]))
 
 
 def _read_all(session: Session, model: str, span: Any) -> pa.Table:
@@ -427,13 +439,7 @@ def load_predictions(
     if not table.num_rows:
         raise _error("M002", f"no predictions logged for model '{model}'", span=span)
     if version is None:
-        latest = pc.max(table.column("logged_at")).as_py()
-        candidates = table.filter(
-            pc.equal(
-                table.column("logged_at"), pa.scalar(latest, table.schema.field("logged_at").type)
-            )
-        )
-        version = str(pc.max(candidates.column("version")).as_py())
+        version = _latest_version(table)
     rows = table.filter(pc.equal(table.column("version"), pa.scalar(str(version))))
     if not rows.num_rows:
         known = sorted({str(v) for v in table.column("version").to_pylist()})

@@ -35,7 +35,7 @@ def add_parser(
         "run the EXPECT statements of .popql suites: pass / fail table, JUnit, HTML",
         "Run each suite file in order (setup statements such as CREATE VIEW or IMPORT "
         "PREDICTIONS, then every EXPECT statement) and print a table of expectations: PASS, "
-        "FAIL, INCONCLUSIVE (support below MIN SUPPORT, or the 95%% interval straddles the "
+        "FAIL, INCONCLUSIVE (support below MIN SUPPORT, or the 95% interval straddles the "
         "threshold) or ERROR (the expectation could not run). EXPECT without FOR MODEL uses "
         "--model.",
     )

@@ -430,3 +430,13 @@ def test_expect_rows_and_policy(cls_session: tuple[Session, dict[str, np.ndarray
 
 def test_popql_connect_is_the_engine_session() -> None:
     assert isinstance(popql.connect(), Session)
+
+
+def test_popql_test_help_documents_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    from popql.repl.cli import main
+
+    assert main(["test", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "exit codes:" in out and "1    an expectation failed" in out
+    assert "95% interval straddles" in out and "--junit FILE" in out and "--report FILE" in out
+    assert main(["test"]) == 2  # a suite is required: usage error
