@@ -440,3 +440,36 @@ def test_popql_test_help_documents_exit_codes(capsys: pytest.CaptureFixture[str]
     assert "exit codes:" in out and "1    an expectation failed" in out
     assert "95% interval straddles" in out and "--junit FILE" in out and "--report FILE" in out
     assert main(["test"]) == 2  # a suite is required: usage error
+
+
+def test_confusion_bootstrap_matches_a_naive_bootstrap(
+    cls_session: tuple[Session, dict[str, np.ndarray]],
+) -> None:
+    """The macro-f1 interval (multinomial draws of confusion cells) agrees with resampling
+    the samples and calling scikit-learn on each resample."""
+    s, d = cls_session
+    row = s.sql("EVALUATE m VERSION 1 ON samples METRICS f1").to_pylist()[0]
+    rng = np.random.default_rng(0)
+    n = len(d["truth"])
+    values = []
+    for _ in range(400):
+        idx = rng.integers(0, n, n)
+        values.append(
+            sklearn_metrics.f1_score(
+                d["truth"][idx], d["pred"][idx], average="macro", zero_division=0
+            )
+        )
+    lo, hi = np.quantile(values, [0.025, 0.975])
+    assert row["f1_lo"] == pytest.approx(lo, abs=0.012)
+    assert row["f1_hi"] == pytest.approx(hi, abs=0.012)
+
+
+def test_population_without_predictions_has_n_zero() -> None:
+    s = connect()
+    s.register("samples", pa.table({"sample_id": ["a", "b"], "label": ["x", "y"]}))
+    s.register("elsewhere", pa.table({"sample_id": ["z"]}))
+    s.log_predictions("m", "1", [{"sample_id": "a", "label": "x"}])
+    row = s.sql("EVALUATE m ON elsewhere METRICS accuracy, f1").to_pylist()[0]
+    assert row["n"] == 0 and row["accuracy"] is None and row["f1"] is None
+    out = s.sql("EXPECT accuracy >= 0.5 ON elsewhere").to_pylist()[0]
+    assert out["status"] == "inconclusive"
