@@ -725,7 +725,7 @@ class Session:
         self._replace("samples")
         self.ctx.register_view(quote_identifier("samples"), self.ctx.sql(sql))
         self._pending_samples = None
-        if len(aliases) > 1 and snapshot.num_rows("samples") <= self.materialize_rows:
+        if joins and snapshot.num_rows("samples") <= self.materialize_rows:
             self._pending_samples = sql
         self._from_dir["samples"] = {
             c.name: (
@@ -1025,7 +1025,7 @@ def _with_search_notes(table: pa.Table, notes: list[str]) -> pa.Table:
     """EXPLAIN output with a row per similarity search (strategy and why) before DataFusion's."""
     if table.num_columns < 2:
         return table
-    rows = {name: [None] * len(notes) for name in table.column_names}
+    rows: dict[str, list[str | None]] = {name: [None] * len(notes) for name in table.column_names}
     first, second = table.column_names[:2]
     rows[first] = ["popql_similarity_search"] * len(notes)
     rows[second] = list(notes)
