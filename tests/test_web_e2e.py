@@ -421,3 +421,25 @@ def test_completion_from_the_live_catalog(
         set_editor(d, "SELECT * FROM samples WHERE image SIMILAR TO 'x' TOP 3")
         pq = [e.text for e in d.find_elements(By.CSS_SELECTOR, "#editor-highlight .tok-pq")]
         assert "TOP" in pq
+
+
+def test_token_url_opens_the_page(
+    world: dict[str, Any], browser: WebDriver, tmp_path: Path
+) -> None:
+    """A server configured for a non-loopback address: the page opens only through the URL
+    with the token (moved into a cookie), and then every request of the page is authorised."""
+    service = WebService(world["ds"], cache_dir=tmp_path / "cache")
+    app = create_app(service, host="0.0.0.0")
+    d = browser
+    d.delete_all_cookies()
+    with ServerThread(app) as server:
+        d.get(server.url + "api/info")
+        assert "a token is required" in d.page_source
+        d.get(f"{server.url}?token={app.state.token}")
+        wait_for(lambda: d.execute_script("return document.body.dataset.ready"), "the page")
+        assert "token" not in d.current_url
+        set_editor(d, "SELECT * FROM samples LIMIT 30")
+        by_id(d, "run").click()
+        wait_for(lambda: status_rows(d) == 30, "the query")
+        wait_for(lambda: len(loaded_cells(d)) >= 10, "thumbnails with the cookie")
+    d.delete_all_cookies()

@@ -86,6 +86,10 @@ function showResult(result, ms) {
 
 const TABLE_PAGE = 200;
 
+function quoteIdent(name) {
+  return /^[a-z_][a-z0-9_]*$/.test(name) ? name : `"${name.replace(/"/g, '""')}"`;
+}
+
 async function showTable(result, page) {
   let rows = result.rows.slice(0, TABLE_PAGE);
   if (page > 0) {
@@ -217,7 +221,7 @@ async function loadPopulations() {
     const q = tr.insertCell(); q.textContent = p.query || ""; q.className = "muted";
     const open = document.createElement("button");
     open.textContent = "Open";
-    open.addEventListener("click", () => { showPage("query"); editor.value = `SELECT * FROM ${p.name}`; runEditor(); });
+    open.addEventListener("click", () => { showPage("query"); editor.value = `SELECT * FROM ${quoteIdent(p.name)}`; runEditor(); });
     tr.insertCell().appendChild(open);
   }
   if (!data.populations.length) body.insertRow().insertCell().textContent = "No populations yet: save a query on the Query page.";
