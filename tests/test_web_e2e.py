@@ -373,19 +373,25 @@ def test_read_only_server_says_so(
         wait_for(lambda: "W001" in by_id(d, "diagnostics").text, "the refusal")
         shoot(d, artifacts, "10-read-only")
 
-        # a large result stays responsive: virtual scrolling keeps few cells in the page
-        set_editor(d, "SELECT s.* FROM samples s, (SELECT 1 FROM samples LIMIT 40) AS t")
+        # a result of 100,000 rows stays responsive: virtual scrolling keeps few cells in the
+        # page and fetches rows a page at a time
+        set_editor(
+            d,
+            "SELECT s.* FROM samples s, samples t, (SELECT 1 FROM samples LIMIT 2) AS u"
+            " LIMIT 100000",
+        )
         by_id(d, "run").click()
-        wait_for(lambda: status_rows(d) == 12000, "12,000 rows")
+        wait_for(lambda: status_rows(d) == 100_000, "100,000 rows")
         assert len(d.find_elements(By.CSS_SELECTOR, "#grid .cell")) < 400
         d.execute_script("const g = document.getElementById('grid'); g.scrollTop = g.scrollHeight;")
         wait_for(
             lambda: any(
-                int(c.get_attribute("data-index")) >= 11900
+                int(c.get_attribute("data-index")) >= 99_900
                 for c in d.find_elements(By.CSS_SELECTOR, "#grid .cell")
             ),
             "the last page",
         )
+        assert len(d.find_elements(By.CSS_SELECTOR, "#grid .cell")) < 400
         wait_for(lambda: len(loaded_cells(d)) > 10, "thumbnails at the end")
         shoot(d, artifacts, "11-scrolled-to-the-end")
 
