@@ -124,10 +124,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             for r in rows
         ]
         session.log_predictions(model="clf", version="1", data=preds)
-        session.sql(
-            "CREATE POPULATION dark AS SELECT * FROM samples WHERE brightness < 0.2;"
-            "CREATE POPULATION bright AS SELECT * FROM samples WHERE brightness >= 0.2"
-        )
+    session.sql(
+        "CREATE POPULATION dark AS SELECT * FROM samples WHERE brightness < 0.2;"
+        "CREATE POPULATION bright AS SELECT * FROM samples WHERE brightness >= 0.2;"
+        "HOLD OUT 25 PERCENT OF dark SALT 'web'"
+    )
     return {"ds": ds, "suite": suite, "rows": rows, "dark": len(dark)}
 
 
@@ -313,6 +314,10 @@ def test_web_view_end_to_end(
                 By.CSS_SELECTOR, "#split-chart rect[data-population=like_sneaker]"
             ),
             "the split chart",
+        )
+        # the hold-out shows as a second split of dark
+        assert d.find_elements(
+            By.CSS_SELECTOR, "#split-chart rect[data-population=dark][data-split=test]"
         )
         shoot(d, artifacts, "07-populations")
 

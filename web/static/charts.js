@@ -56,7 +56,7 @@ export function metricsChart(container, data) {
     const values = rows.flatMap((r) => [r[metric], r[`${metric}_lo`], r[`${metric}_hi`]]).filter((v) => v !== null && v !== undefined);
     const expects = (expectations || []).filter((e) => e.metric === metric);
     const max = Math.max(1e-9, ...values, ...expects.map((e) => e.threshold ?? 0), metric === "mae" ? 0 : 1);
-    const scale = (v) => left + ((width - left - 30) * v) / max;
+    const scale = (v) => left + ((width - left - 60) * v) / max;
     const svg = el("svg", { width, height, role: "img", "aria-label": `${metric} per population`, class: "metric-chart", "data-metric": metric });
     svg.appendChild(el("text", { x: 8, y: 14, "font-weight": "600" }, metric));
     rows.forEach((r, i) => {
