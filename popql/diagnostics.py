@@ -51,7 +51,7 @@ __all__ = [
 #: Stable diagnostic codes and their one-line titles. Codes are never renumbered or reused;
 #: docs/errors.md documents each one (example and what to do). The letter gives the stage:
 #: P parse, N names, T types, X not available, E execution, F files, D datasets, M models,
-#: I internal.
+#: R the interactive shell, I internal.
 CODES: dict[str, str] = {
     # -- syntax (popql.syntax, popql.syntax_errors) --
     "P001": "unexpected token",
@@ -104,6 +104,8 @@ CODES: dict[str, str] = {
     "M002": "unknown model",
     "M003": "model does not load",
     "M004": "model packages not installed",
+    # -- the interactive shell (popql.repl) --
+    "R001": "invalid shell command",
     # -- bugs --
     "I001": "internal error",
 }
