@@ -574,6 +574,11 @@ def _meta_command_suggestions(
         return _to_suggestions(_match(command, cands), len(command))
     arg = arg.lstrip()
     command = command.lower()
+    if command == ".explain" and " " in arg.strip():
+        return complete(arg, None, meta, cwd=cwd)
+    if command == ".explain":
+        cands = [(o, o, "option", None) for o in _META_OPTIONS[command]]
+        return _to_suggestions(_match(arg, cands), len(arg)) + complete(arg, None, meta, cwd=cwd)
     if command in _META_OPTIONS:
         cands = [(o, o, "option", None) for o in _META_OPTIONS[command]]
         return _to_suggestions(_match(arg, cands), len(arg))
@@ -582,8 +587,6 @@ def _meta_command_suggestions(
         return _to_suggestions(_match(arg, cands), len(arg))
     if command in _META_PATHS:
         return _path_suggestions(arg, cwd, _META_PATHS[command])
-    if command == ".explain":
-        return complete(arg, None, meta, cwd=cwd)
     return []
 
 
@@ -724,6 +727,13 @@ def complete(
 
     up = prev.upper
     cands: list[tuple[str, str, str, str | None]] = []
+    # the next words of a statement that starts with several keywords (CREATE POPULATION)
+    if all(t.kind == "word" for t in sig) and len(sig) < 4:
+        typed = " ".join(t.upper for t in sig) + " "
+        for phrase in statement_openers():
+            if phrase.startswith(typed) and len(phrase) > len(typed):
+                rest = phrase[len(typed) :]
+                cands.append((rest, _kw_case(rest, prefix), "statement", None))
     statement_phrase = " ".join(t.upper for t in sig[:3])
     if (
         up == "POPULATION"
@@ -734,19 +744,19 @@ def complete(
             and _after_on(sig)
         )
     ):
-        cands = [(p, _quote_ident(p), "population", "population") for p in meta.populations]
+        cands += [(p, _quote_ident(p), "population", "population") for p in meta.populations]
     elif up in ("MODEL", "EVALUATE", "COMPARE") or (up == "WITH" and first_word == "COMPARE"):
-        cands = [(m, _quote_ident(m), "model", "model") for m in meta.models]
+        cands += [(m, _quote_ident(m), "model", "model") for m in meta.models]
     elif up == "USING" and _similarity_using(sig):
-        cands = [(e, _quote_ident(e), "embedder", "embedder") for e in meta.embedders]
+        cands += [(e, _quote_ident(e), "embedder", "embedder") for e in meta.embedders]
     elif (
         up in _TABLE_AFTER and not statement_phrase.startswith(("CREATE", "DROP POPULATION"))
     ) or (up in _TABLE_AFTER and first_word == "DROP"):
-        cands = [(t, _quote_ident(t), "table", "table") for t in meta.tables]
+        cands += [(t, _quote_ident(t), "table", "table") for t in meta.tables]
     elif up in _EXPR_AFTER or prev.text in _EXPR_OPS or (prev.kind == "op"):
-        cands = _expression_candidates(aliases, meta, prefix)
+        cands += _expression_candidates(aliases, meta, prefix)
     else:
-        cands = [(k, _kw_case(k, prefix), "clause", None) for k in _CLAUSE_KEYWORDS]
+        cands += [(k, _kw_case(k, prefix), "clause", None) for k in _CLAUSE_KEYWORDS]
         cands.extend(_expression_candidates(aliases, meta, prefix))
     return _to_suggestions(_match(prefix, cands), len(word))
 
@@ -782,11 +792,14 @@ def _expression_candidates(
 ) -> list[tuple[str, str, str, str | None]]:
     tables = list(dict.fromkeys(aliases.values()))
     cands: list[tuple[str, str, str, str | None]] = []
-    cols: list[ColumnMeta] = []
+    cols: list[tuple[str, ColumnMeta]] = []
     for table in tables:
-        cols.extend(meta.columns_of(table))
-    # tag columns first
-    for c in sorted(cols, key=lambda c: not c.is_tag):
+        cols.extend((table, c) for c in meta.columns_of(table))
+
+    def tag_first(tc: tuple[str, ColumnMeta]) -> bool:
+        return not (tc[1].is_tag or meta.tag_values.get((tc[0].lower(), tc[1].name.lower())))
+
+    for _, c in sorted(cols, key=tag_first):
         cands.append((c.name, _quote_ident(c.name), "column", _column_meta(c)))
     if not tables:
         for table, tcols in meta.tables.items():

@@ -141,19 +141,25 @@ def statement_openers() -> tuple[str, ...]:
             if not stripped.startswith("|"):
                 break
             alternatives.append(stripped[1:])
+    # rules that are a choice of keywords: !describe_kw: "DESCRIBE"i | "DESC"i
+    choices: dict[str, list[str]] = {}
+    choice_rule = re.compile(r'^[!?]?([a-z_]+)\s*:\s*((?:"\w+"i\s*\|\s*)*"\w+"i)\s*$', re.M)
+    for m in choice_rule.finditer(text):
+        choices[m.group(1)] = [w.upper() for w in _LITERAL.findall(m.group(2))]
     for alt in alternatives:
         alt = alt.split("->")[0]
-        parts: list[str] = []
+        heads: list[list[str]] = [[]]
         for tok in alt.split():
             lit = _LITERAL.fullmatch(tok)
             if lit:
-                parts.append(lit.group(1).upper())
+                heads = [[*h, lit.group(1).upper()] for h in heads]
+            elif tok in choices:
+                heads = [[*h, w] for h in heads for w in choices[tok]]
             elif tok.endswith("?") and not tok.startswith(('"', "(")):
                 continue
             else:
                 break
-        if parts:
-            phrases.append(" ".join(parts))
+        phrases.extend(" ".join(h) for h in heads if h)
     seen: dict[str, None] = {}
     for p in phrases:
         seen.setdefault(p, None)

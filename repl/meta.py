@@ -154,6 +154,8 @@ def _tags(shell: Shell, arg: str) -> None:
             "--dataset DS), and label lists named labels or tags"
         )
         return
+    if all(t is None for t in rows["tagger"]):
+        del rows["tagger"]
     shell.show_table(pa.table(rows), max_width=80)
 
 
