@@ -98,6 +98,7 @@ class DataFusionCatalog:
     # -- extras -------------------------------------------------------------------------------
 
     version_resolver: Any = None  # set by a Session over a versioned dataset
+    similarity_search: Any = None  # set by a Session: runs one SearchRequest (similarity.py)
 
     def versioned_table(self, name: str, version: int, span: Any = None) -> str:
         """Register ``name`` as it was at dataset version ``version``; return its name."""

@@ -38,13 +38,23 @@ from popql.check import (
     Catalog,
     ColumnInfo,
     Scope,
-    is_image_column,
     is_list_type,
     is_text_type,
     list_item_type,
 )
-from popql.diagnostics import Diagnostic, PopQLError, did_you_mean
+from popql.diagnostics import Diagnostic, PopQLError
 from popql.format import format_node, to_sql
+
+from .lower_similarity import (
+    SEARCH_NODES,
+    SelectContext,
+    lower_near,
+    lower_select,
+    lower_similar_to,
+    lower_similarity_score,
+    order_search,
+    rank_order,
+)
 
 
 @dataclass(frozen=True)
@@ -141,6 +151,8 @@ class _Lowering:
         self.catalog = catalog
         self.udfs: dict[str, Any] = {}
         self.ctes: dict[str, str] = {}  # CTE name -> SQL that selects from it (for typing)
+        self.selects: list[SelectContext] = []  # the SELECTs being lowered, innermost last
+        self.current_with: A.With | None = None  # the lowered WITH clause in scope
 
     def statement(self, stmt: A.Statement) -> A.Statement:
         scope: Scope | None = None
@@ -158,7 +170,9 @@ class _Lowering:
         if isinstance(node, A.Query):
             return self.visit_query(node, scope)
         if isinstance(node, A.Select):
-            scope = Scope.for_select(node, self.catalog, scope, self.ctes, self.sql_of)
+            select, _ = lower_select(self, node, scope)
+            self.selects.pop()
+            return select
         original = node
         node = self.visit_fields(node, scope)
         if isinstance(node, A.SelectItem) and isinstance(original, A.SelectItem):
@@ -188,6 +202,7 @@ class _Lowering:
         # WITH first (its CTEs type the body's FROM items), then the body, then ORDER BY /
         # LIMIT in the body's scope (query-level ORDER BY sees the SELECT's columns).
         saved = dict(self.ctes)
+        saved_with = self.current_with
         with_ = query.with_
         if with_ is not None:
             new_ctes = []
@@ -200,14 +215,26 @@ class _Lowering:
                 )
             with_ = dataclasses.replace(with_, ctes=tuple(new_ctes))
             object.__setattr__(with_, "span", query.with_.span if query.with_ else None)
-        body = self.visit(query.body, scope)
-        inner = scope
-        if isinstance(query.body, A.Select):
-            inner = Scope.for_select(query.body, self.catalog, scope, self.ctes, self.sql_of)
-        out = self.visit_fields(query, inner, skip=("body", "with_"))
-        out = dataclasses.replace(out, body=body, with_=with_)
-        object.__setattr__(out, "span", query.span)
-        self.ctes = saved
+            self.current_with = with_
+        try:
+            if isinstance(query.body, A.Select):
+                # The body's context stays open for ORDER BY (SIMILARITY there reads the
+                # WHERE clause's search; ORDER BY SIMILARITY(...) DESC LIMIT n is a top-n).
+                body, ctx = lower_select(self, query.body, scope, order_search(query))
+                try:
+                    out = self.visit_fields(query, ctx.scope, skip=("body", "with_"))
+                finally:
+                    self.selects.pop()
+                if not query.order_by and not query.order_by_all:
+                    out = rank_order(out, body, ctx)
+            else:
+                body = self.visit(query.body, scope)
+                out = self.visit_fields(query, scope, skip=("body", "with_"))
+            out = dataclasses.replace(out, body=body, with_=with_)
+            object.__setattr__(out, "span", query.span)
+        finally:
+            self.ctes = saved
+            self.current_with = saved_with
         return out
 
     def sql_of(self, query: A.Query) -> str:
@@ -224,7 +251,8 @@ class _Lowering:
         name of the UDF it lowered to)."""
         if item.alias is not None or item is original:
             return item
-        if not any(isinstance(n, (A.ListQuantifier, A.Tagged)) for n in original.expr.walk()):
+        popql_nodes = (A.ListQuantifier, A.Tagged, *SEARCH_NODES)
+        if not any(isinstance(n, popql_nodes) for n in original.expr.walk()):
             return item
         alias = A.Identifier(format_node(original.expr), quote='"')
         renamed = A.SelectItem(item.expr, alias)
@@ -366,74 +394,6 @@ def _arrow_type(catalog: Catalog | None, info: ColumnInfo) -> Any:
     if schema is None:
         raise PopQLError((Diagnostic("I001", f"no schema for table {info.table}"),))
     return schema.field(info.name).type
-
-
-def lower_similar_to(lw: _Lowering, node: A.SimilarTo, scope: Scope | None) -> A.Expr:
-    options = node.options
-    has_options = bool(options.using or options.top_k or options.threshold or options.exact)
-    if node.operand is None:
-        raise not_available(node)
-    info = lw.operand_info(node.operand, scope)
-    if info is not None and is_text_type(info.type) and not has_options:
-        return node  # SQL's SIMILAR TO: a regular-expression match, kept as it is
-    if info is not None and is_text_type(info.type):
-        raise PopQLError(
-            (
-                Diagnostic(
-                    "T002",
-                    f"'{info.name}' is a text column: SIMILAR TO on it is a pattern match, and"
-                    " USING / TOP / THRESHOLD / EXACT only apply to similarity search on an"
-                    " image column",
-                    node.span,
-                    hints=_image_hint(scope),
-                ),
-            )
-        )
-    if info is not None and not is_image_column(info):
-        raise PopQLError(
-            (
-                Diagnostic(
-                    "T002",
-                    f"SIMILAR TO needs a text column (pattern match) or an image column"
-                    f" (similarity search), but '{info.name}' is {info.type}",
-                    node.operand.span,
-                    hints=_image_hint(scope),
-                ),
-            )
-        )
-    if info is None and not has_options:
-        return node  # an expression: leave SQL's meaning and let DataFusion type it
-    raise not_available(node)
-
-
-def _image_hint(scope: Scope | None) -> tuple[str, ...]:
-    if scope is None:
-        return ()
-    images = [c.name for c in scope.default_column("image")]
-    return tuple(f"did you mean '{n}'?" for n in did_you_mean("image", images)) or (
-        ("similarity search runs on a dataset's image column; see README",)
-    )
-
-
-def lower_near(lw: _Lowering, node: A.Near, scope: Scope | None) -> A.Expr:
-    if node.operand is not None:
-        info = lw.operand_info(node.operand, scope)
-        if info is not None and not is_image_column(info):
-            raise PopQLError(
-                (
-                    Diagnostic(
-                        "T002",
-                        f"NEAR needs an image column, but '{info.name}' is {info.type}",
-                        node.operand.span,
-                        hints=_image_hint(scope),
-                    ),
-                )
-            )
-    raise not_available(node)
-
-
-def lower_similarity_score(lw: _Lowering, node: A.SimilarityScore, scope: Scope | None) -> A.Expr:
-    raise not_available(node)
 
 
 def lower_table_name(lw: _Lowering, node: A.TableName, scope: Scope | None) -> A.TableRef:

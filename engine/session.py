@@ -211,6 +211,10 @@ class Session:
         self.ctx: datafusion.SessionContext = datafusion.SessionContext(config)
         self.catalog: DataFusionCatalog = DataFusionCatalog(self.ctx)
         self.catalog.version_resolver = self._versioned_table
+        from .similarity import SimilarityService
+
+        self.similarity = SimilarityService(self)
+        self.catalog.similarity_search = self.similarity.search
         self.path: Path | None = None
         self.dataset: Dataset | None = None
         self.snapshot: Snapshot | None = None
@@ -655,6 +659,7 @@ class Session:
 
     def _close_dataset(self) -> None:
         """Deregister every table registered from the directory."""
+        self.similarity.clear_caches()
         for name in list(self._from_dir):
             self.ctx.deregister_table(quote_identifier(name))
         self._from_dir.clear()
@@ -709,6 +714,7 @@ class Session:
     def _scratch(self) -> Session:
         """An in-memory session with empty copies of this session's tables (for checking)."""
         scratch = Session()
+        scratch.similarity.source = self  # searches are checked against this dataset
         for name in self.tables():
             schema = self.catalog.schema(name)
             if schema is None:
@@ -751,7 +757,6 @@ class Session:
         *,
         execute: bool,
     ) -> Result:
-        from popql.engine.lower import compile_statement
 
         start, end = _statement_range(stmt, text)
         stmt_text = text[start:end]
@@ -772,6 +777,26 @@ class Session:
                 ) from exc
             if handled is not None:
                 return handled
+        self.similarity.begin(_search_mode(stmt, execute))
+        try:
+            return self._run_lowered(stmt, text, file, params, execute, (start, end))
+        finally:
+            self.similarity.end()
+
+    def _run_lowered(
+        self,
+        stmt: Any,
+        text: str,
+        file: str | None,
+        params: Mapping[str, Any] | None,
+        execute: bool,
+        where: tuple[int, int],
+    ) -> Result:
+        from popql.engine.lower import compile_statement
+
+        start, end = where
+        stmt_text = text[start:end]
+        span = getattr(stmt, "span", None)
         try:
             lowered = compile_statement(stmt, self.catalog)
         except PopQLError as err:
@@ -801,6 +826,9 @@ class Session:
                 batches = df.collect()
                 table = pa.Table.from_batches(batches) if batches else schema.empty_table()
                 return Result(table, kind=kind, statement=stmt_text, sql=sql)
+            if self.similarity.notes and _is_explain(stmt) and execute:
+                explained = _with_search_notes(df.to_arrow_table(), self.similarity.notes)
+                return Result(explained, kind=kind, statement=stmt_text, sql=sql)
         except Exception as exc:
             raise translate(exc) from exc
         return Result(df, kind=kind, statement=stmt_text, sql=sql, on_error=translate)
@@ -828,6 +856,34 @@ class Session:
             sql=sql,
         )
         return PopQLError(diagnostic, source=text, file=file)
+
+
+def _is_explain(stmt: Any) -> bool:
+    from popql import ast as A
+
+    return isinstance(stmt, A.Explain)
+
+
+def _search_mode(stmt: Any, execute: bool) -> str:
+    """How the statement's similarity searches run: planned only under EXPLAIN, run and
+    reported under EXPLAIN ANALYZE, validated without data when checking."""
+    if not execute:
+        return "check"
+    if _is_explain(stmt):
+        return "analyze" if "ANALYZE" in (o.upper() for o in stmt.options) else "explain"
+    return "run"
+
+
+def _with_search_notes(table: pa.Table, notes: list[str]) -> pa.Table:
+    """EXPLAIN output with a row per similarity search (strategy and why) before DataFusion's."""
+    if table.num_columns < 2:
+        return table
+    rows = {name: [None] * len(notes) for name in table.column_names}
+    first, second = table.column_names[:2]
+    rows[first] = ["popql_similarity_search"] * len(notes)
+    rows[second] = list(notes)
+    extra = pa.table(rows).cast(table.schema)
+    return pa.concat_tables([extra, table])
 
 
 def _param_values(

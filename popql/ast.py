@@ -432,7 +432,7 @@ class SearchOptions(Node):
 
 @dataclass(frozen=True)
 class NearExample(Node):
-    kind: str  # IMAGE or SAMPLE
+    kind: str  # IMAGE, SAMPLE or TEXT
     value: String | Number
     negated: bool = False
 

@@ -419,7 +419,8 @@ class Printer:
         return " ".join(parts)
 
     def _NearExample(self, n: A.NearExample) -> str:
-        return f"{'NOT ' if n.negated else ''}{n.kind} {self.node(n.value)}"
+        kind = "" if n.kind == "TEXT" else f"{n.kind} "
+        return f"{'NOT ' if n.negated else ''}{kind}{self.node(n.value)}"
 
     def _SimilarTo(self, n: A.SimilarTo) -> str:
         out = ""

@@ -689,6 +689,10 @@ class _Builder(Transformer):
         return A.NearExample("IMAGE", _string(c[0]))
 
     @_handler
+    def near_text(self, c: list[Any]) -> A.NearExample:
+        return A.NearExample("TEXT", _string(c[0]))
+
+    @_handler
     def near_sample(self, c: list[Any]) -> A.NearExample:
         tok = c[0]
         value: A.String | A.Number = _string(tok) if tok.type == "STRING" else A.Number(str(tok))

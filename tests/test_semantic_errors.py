@@ -54,6 +54,7 @@ def make_session() -> Session:
         ),
     )
     s.register("meta", pa.table({"id": pa.array([1, 2], pa.int64()), "camera": ["c1", "c2"]}))
+    s.register("photos", pa.table({"sample_id": ["0123456789abcdef"], "uri": ["f/1.jpg"]}))
     s.register(
         "cameras",
         pa.table({"camera": ["c1"], "tags": pa.array([["urban"]], pa.list_(pa.string()))}),
@@ -128,14 +129,23 @@ CASES: dict[str, Case] = {
         "SELECT id FROM samples WHERE brightness SIMILAR TO 'bright'", "T002"
     ),
     "near_on_text": Case("SELECT id FROM samples WHERE weather NEAR IMAGE 'query.jpg'", "T002"),
-    "not_available_similar_to": Case(
-        "SELECT uri\nFROM samples\nWHERE image SIMILAR TO 'a dog on a beach' TOP 10", "X001"
+    "similar_to_without_sample_id": Case(
+        "SELECT uri\nFROM samples\nWHERE image SIMILAR TO 'a dog on a beach' TOP 10", "N002"
+    ),
+    "similar_to_without_membership": Case(
+        "SELECT sample_id\nFROM photos\nWHERE image SIMILAR TO 'a dog on a beach'", "S001"
+    ),
+    "similar_to_without_dataset": Case(
+        "SELECT sample_id FROM photos WHERE NEAR IMAGE 'dog.jpg' TOP 5", "S002"
+    ),
+    "similar_to_threshold_out_of_range": Case(
+        "SELECT sample_id FROM photos WHERE SIMILAR TO 'a dog' THRESHOLD 1.5", "T005"
     ),
     "not_available_population": Case(
         "CREATE POPULATION night_frames AS\n  SELECT * FROM samples WHERE TAGGED 'night'", "X001"
     ),
-    "not_available_similarity_score": Case(
-        "SELECT id, SIMILARITY(image, IMAGE 'q.jpg') AS score FROM samples", "X001"
+    "similarity_score_without_sample_id": Case(
+        "SELECT id, SIMILARITY(image, IMAGE 'q.jpg') AS score FROM samples", "N002"
     ),
     # -- the engine -----------------------------------------------------------------------------
     "type_mismatch": Case("SELECT 'abc' + 1 AS x", "T001"),
