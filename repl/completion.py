@@ -837,6 +837,9 @@ class PopQLCompleter(Completer):
     def get_completions(
         self, document: Document, complete_event: CompleteEvent
     ) -> Iterator[Completion]:
+        before = document.text_before_cursor
+        if not complete_event.completion_requested and (not before or before[-1] in " \t\n;,()"):
+            return  # while typing, the menu opens on a word (or in a string), not on spaces
         for s in complete(
             document.text, document.cursor_position, self._metadata(), cwd=self._cwd()
         ):

@@ -368,6 +368,7 @@ class Shell:
     def prompt_session(self) -> PromptSession[str]:
         from prompt_toolkit import PromptSession
         from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
+        from prompt_toolkit.filters import is_searching
         from prompt_toolkit.history import FileHistory, InMemoryHistory
         from prompt_toolkit.key_binding import KeyBindings
         from prompt_toolkit.lexers import PygmentsLexer
@@ -376,7 +377,8 @@ class Shell:
 
         bindings = KeyBindings()
 
-        @bindings.add("enter")
+        # not while searching the history: Enter then accepts the search (Ctrl-R)
+        @bindings.add("enter", filter=~is_searching)
         def _enter(event: Any) -> None:
             buffer = event.current_buffer
             state = buffer.complete_state
