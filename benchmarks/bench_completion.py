@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     naive = timed(lambda t: naive_complete(t, names), texts, args.repeat)
     refresh = timed(lambda _t: load_metadata(session), ["x"], max(5, args.repeat // 10))
 
-    columns = sum(len(c) for c in meta.tables.values())  # type: ignore[attr-defined]
+    columns: int = sum(len(c) for c in meta.tables.values())  # type: ignore[attr-defined, misc]
     print(
         f"catalog: {len(meta.tables)} tables, {columns} columns, "  # type: ignore[attr-defined]
         f"{len(meta.populations)} populations, {len(meta.models)} models, "  # type: ignore[attr-defined]

@@ -403,6 +403,9 @@ _META_PATHS: dict[str, tuple[str, ...] | None] = {
     ".read": (".popql", ".sql"),
     ".output": None,  # any file
 }
+#: (text matched, text inserted, kind, menu note)
+_Cand = tuple[str, str, str, str | None]
+
 _KIND_ORDER = {
     "meta": 0, "statement": 1, "clause": 1, "value": 1, "path": 1, "option": 1, "column": 2,
     "table": 2, "population": 2, "model": 2, "embedder": 2, "function": 4, "keyword": 5,
@@ -410,7 +413,7 @@ _KIND_ORDER = {
 
 
 def _match(
-    prefix: str, candidates: Iterable[tuple[str, str, str, str | None]]
+    prefix: str, candidates: Iterable[_Cand]
 ) -> list[tuple[int, int, str, str, str, str | None]]:
     """Rank ``(match_text, insert_text, kind, meta)``: prefix matches, then substrings."""
     p = prefix.lower()
@@ -503,7 +506,7 @@ def _in_from_list(sig: Sequence[Token], i: int) -> bool:
 
 
 def _statement_start_suggestions(prefix: str, meta: Metadata, first: bool) -> list[Suggestion]:
-    cands: list[tuple[str, str, str, str | None]] = []
+    cands: list[_Cand] = []
     if first:
         cands.extend((m, m, "meta", "meta-command") for m in meta.meta_commands)
     for phrase in statement_openers():
@@ -569,6 +572,7 @@ def _meta_command_suggestions(
     line: str, meta: Metadata, cwd: str | os.PathLike[str] | None
 ) -> list[Suggestion]:
     command, sep, arg = line.partition(" ")
+    cands: list[_Cand]
     if not sep:
         cands = [(m, m, "meta", "meta-command") for m in meta.meta_commands]
         return _to_suggestions(_match(command, cands), len(command))
@@ -647,6 +651,7 @@ def complete(
     Pure: reads nothing but ``meta`` (and the file system for path completion inside
     ``NEAR IMAGE '...'`` and after ``.read``/``.open``/``.output``, relative to ``cwd``).
     """
+    cands: list[_Cand]
     if cursor is None:
         cursor = len(text)
     before = text[:cursor]
@@ -726,7 +731,7 @@ def complete(
         return _to_suggestions(_match(prefix, cands), len(word))
 
     up = prev.upper
-    cands: list[tuple[str, str, str, str | None]] = []
+    cands = []
     # the next words of a statement that starts with several keywords (CREATE POPULATION)
     if all(t.kind == "word" for t in sig) and len(sig) < 4:
         typed = " ".join(t.upper for t in sig) + " "
@@ -789,9 +794,9 @@ def _similarity_using(sig: Sequence[Token]) -> bool:
 
 def _expression_candidates(
     aliases: dict[str, str], meta: Metadata, prefix: str
-) -> list[tuple[str, str, str, str | None]]:
+) -> list[_Cand]:
     tables = list(dict.fromkeys(aliases.values()))
-    cands: list[tuple[str, str, str, str | None]] = []
+    cands: list[_Cand] = []
     cols: list[tuple[str, ColumnMeta]] = []
     for table in tables:
         cols.extend((table, c) for c in meta.columns_of(table))

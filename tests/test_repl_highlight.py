@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib.metadata import entry_points
+from typing import Any
 
 import pytest
 from pygments import lex
@@ -18,7 +19,7 @@ from popql.repl.highlight import (
 from popql.syntax import parser
 
 
-def _tokens(text: str) -> list[tuple[object, str]]:
+def _tokens(text: str) -> list[tuple[Any, str]]:
     return [(t, v) for t, v in lex(text, PopQLLexer()) if v.strip()]
 
 

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -88,7 +88,7 @@ def popql_command(*args: str) -> str:
 
 
 @pytest.fixture
-def terminals() -> list[Terminal]:
+def terminals() -> Iterator[list[Terminal]]:
     opened: list[Terminal] = []
     yield opened
     for t in opened:
@@ -155,12 +155,14 @@ def test_shell_in_a_terminal(tmp_path: Path, terminals: list[Terminal]) -> None:
     term.wait_for(lambda s: re.search(r"^\s+42\s*$", s, re.M) is not None)
 
     # a result taller than the terminal goes through the pager
-    term.type("SELECT value FROM generate_series(1, 300) ORDER BY value;")
-    term.keys("Enter")
-    screen = term.wait_for(lambda s: s.rstrip().endswith(":"))
-    assert re.search(r"^\s+30\s*$", screen, re.M) and not re.search(r"^\s+299\s*$", screen, re.M)
-    term.keys("q")
-    term.wait_for(lambda s: s.rstrip().endswith("tags>"))
+    if shutil.which("less") is not None:
+        term.type("SELECT value FROM generate_series(1, 300) ORDER BY value;")
+        term.keys("Enter")
+        screen = term.wait_for(lambda s: s.rstrip().endswith(":"))
+        assert re.search(r"^\s+30\s*$", screen, re.M)
+        assert not re.search(r"^\s+299\s*$", screen, re.M)
+        term.keys("q")
+        term.wait_for(lambda s: s.rstrip().endswith("tags>"))
 
     # Ctrl-D leaves
     term.keys("C-d")
