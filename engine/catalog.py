@@ -81,10 +81,15 @@ class DataFusionCatalog:
         return sorted(self._ctx.catalog().schema().names())
 
     def columns(self, table: str) -> list[tuple[str, str]] | None:
-        """``(column name, arrow type string)`` pairs, or None for an unknown table."""
+        """``(column name, arrow type string)`` pairs, or None for an unknown table.
+
+        A population's name (not shadowed by a table) gives the columns of its query."""
         schema = self.schema(table)
         if schema is None:
-            return None
+            fields = self.population_columns(table)
+            if fields is None:
+                return None
+            return [(name, arrow_type_name(t)) for name, t in fields]
         return [(f.name, arrow_type_name(f.type)) for f in schema]
 
     def function_names(self) -> list[str]:
@@ -109,6 +114,43 @@ class DataFusionCatalog:
                 Diagnostic("D006", "AS OF VERSION needs a versioned dataset", span)
             )
         return str(self.version_resolver(name, version, span))
+
+    population_resolver: Any = None  # set by a Session: (name, span) -> popql.ast.Query | None
+
+    def population_query(self, name: str, span: Any = None) -> Any:
+        """The stored query (a ``popql.ast.Query``) of population ``name``, or None when
+        ``name`` is a table or no population. Raises M005 when the population was written
+        against another embedder identity than the dataset's (see engine/populations.py)."""
+        if self.population_resolver is None or self.resolve(name) is not None:
+            return None
+        return self.population_resolver(name, span)
+
+    def population_columns(self, name: str) -> list[tuple[str, pa.DataType]] | None:
+        """Output columns of population ``name``'s query (None: not a population, or its
+        query does not plan). Cached until :meth:`clear_population_cache`."""
+        if self.population_resolver is None or "." in name:
+            return None
+        cache: dict[Any, Any] = self.__dict__.setdefault("_population_columns", {})
+        try:
+            query = self.population_query(name)
+        except Exception:
+            return None
+        if query is None:
+            return None
+        key = (name, id(query), tuple(self.table_names()))
+        if key not in cache:
+            from .lower import compile_statement
+
+            try:
+                sql = compile_statement(query, self).sql
+                cache[key] = self.query_columns(sql)
+            except Exception:
+                cache[key] = None
+        result: list[tuple[str, pa.DataType]] | None = cache[key]
+        return result
+
+    def clear_population_cache(self) -> None:
+        self.__dict__.pop("_population_columns", None)
 
     def query_columns(self, sql: str) -> list[tuple[str, pa.DataType]]:
         """Output columns of a query, planned by DataFusion without running it (for typing

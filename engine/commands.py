@@ -39,7 +39,21 @@ class CommandContext:
 CommandHandler = Callable[["Session", Any, CommandContext], "Result | None"]
 
 #: AST node class name -> "module:function" (module relative to popql.engine).
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "CreatePopulation": ".populations:create_population",
+    "Drop": ".populations:drop_population",
+    "Show": ".populations:show",
+    "FreezePopulation": ".populations:freeze_population",
+    "DiffPopulation": ".populations:diff_population",
+    "HoldOut": ".populations:hold_out",
+    "ShowSplits": ".populations:show_splits",
+    "ShowLeakage": ".populations:show_leakage",
+    "ImportPredictions": ".predictions:import_predictions",
+    "Evaluate": ".evaluate:evaluate",
+    "Compare": ".evaluate:compare",
+    "Expect": ".testing:expect",
+    "FindFailures": ".failures:find_failures",
+}
 
 
 def handler_for(stmt: object) -> CommandHandler | None:

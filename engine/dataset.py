@@ -1573,9 +1573,11 @@ def samples_view_columns(snapshot: Snapshot) -> list[ViewColumn]:
 
     The samples table's columns, then each tagger's columns (in the snapshot's tagger order;
     ``sample_id`` is the join key and not repeated; a name already taken, compared
-    case-insensitively, is prefixed ``<tagger>_``), then ``embedding_<key>`` per embedder
-    whose table has an ``embedding`` column. Taggers whose table is not in the snapshot are
-    skipped.
+    case-insensitively, is prefixed ``<tagger>_``). Taggers whose table is not in the snapshot
+    are skipped. Embeddings are not part of the view (a 512-d vector is 1 KB a row, and joining
+    it into every query cost more than the rest of the view): they are the tables
+    ``embeddings.<key>`` (``sample_id``, ``sample_key``, ``embedding``), searched with
+    ``SIMILAR TO`` / ``NEAR``.
     """
     base = snapshot.schema("samples") if "samples" in snapshot.tables else SAMPLES_SCHEMA
     cols = [ViewColumn(f.name, f.type, "samples", f.name) for f in base]
@@ -1615,17 +1617,4 @@ def samples_view_columns(snapshot: Snapshot) -> list[ViewColumn]:
                     tagger_version=None if version is None else str(version),
                 )
             )
-    for key, meta in snapshot.embedders.items():
-        meta = meta if isinstance(meta, dict) else {}
-        table = meta.get("table") or f"embeddings.{key}"
-        if not isinstance(table, str) or table not in snapshot.tables:
-            continue
-        schema = snapshot.schema(table)
-        if "sample_id" not in schema.names or "embedding" not in schema.names:
-            continue
-        name = free(f"embedding_{key}", "embedding")
-        taken.add(name.lower())
-        cols.append(
-            ViewColumn(name, schema.field("embedding").type, table, "embedding", embedder=key)
-        )
     return cols

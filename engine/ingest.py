@@ -1290,11 +1290,38 @@ def ingest(
 
     if label_file is not None:
         _apply_labels(ds, label_file, run, roots, summary)
+    _apply_holdouts(ds, summary)
     summary.version = ds.version()
     summary.seconds = time.perf_counter() - started
     for text in notes[shown_notes:]:
         note(text)
     return summary
+
+
+def _apply_holdouts(ds: Dataset, summary: IngestSummary) -> None:
+    """Assign the new members of held-out populations (``HOLD OUT``) to their splits; earlier
+    assignments never change (see popql.engine.populations). A population that cannot run
+    now is reported in the notes and left for the next ``HOLD OUT`` or ingest."""
+    from .dataset import is_dataset
+
+    if not is_dataset(ds.path) or "popql.holdouts" not in ds.snapshot().table_names():
+        return
+    from .populations import reapply_holdouts
+    from .session import Session
+
+    try:
+        counts = reapply_holdouts(Session(ds.path))
+    except PopQLError as err:
+        summary.notes.append(
+            "hold-outs not extended to the new samples: "
+            + "; ".join(d.message for d in err.diagnostics)
+        )
+        return
+    for name, c in counts.items():
+        if c.get("assigned_now"):
+            summary.notes.append(
+                f"hold-out of population {name}: {c['assigned_now']} new member(s) assigned"
+            )
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ PopQL                                  DataFusion SQL
 ``FROM t AS OF VERSION 3``             ``FROM "t@v3" AS t`` (the dataset snapshot, registered)
 ``image SIMILAR TO 'text' ...``,       diagnostic X001 (executed by the similarity-search
 ``NEAR ...``, ``SIMILARITY(...)``      release), pointing at the construct
-populations and testing statements     diagnostic X001
+populations, evaluation statements    X002 here: a session executes them (``engine/commands.py``)
 =====================================  =========================================================
 """
 
@@ -102,6 +102,10 @@ def _describe(node: A.Node) -> str:
         A.FreezePopulation: "FREEZE POPULATION",
         A.DiffPopulation: "DIFF POPULATION",
         A.HoldOut: "HOLD OUT",
+        A.ShowSplits: "SHOW SPLITS",
+        A.ShowLeakage: "SHOW LEAKAGE",
+        A.Show: "SHOW POPULATIONS",
+        A.Drop: "DROP POPULATION",
         A.Evaluate: "EVALUATE",
         A.Compare: "COMPARE",
         A.Expect: "EXPECT",
@@ -113,34 +117,39 @@ def _describe(node: A.Node) -> str:
     }.get(type(node), type(node).__name__)
 
 
-def _refuse(stmt: A.Statement) -> None:
-    raise not_available(stmt)
-
-
-def _refuse_show(stmt: A.Statement) -> None:
-    assert isinstance(stmt, A.Show)
-    if stmt.kind == "POPULATIONS":
-        raise not_available(stmt, "SHOW POPULATIONS")
-
-
-def _refuse_drop(stmt: A.Statement) -> None:
-    assert isinstance(stmt, A.Drop)
-    if stmt.kind == "POPULATION":
-        raise not_available(stmt, "DROP POPULATION")
+def _session_only(stmt: A.Statement) -> None:
+    """Population and evaluation statements run in a session (engine/populations.py,
+    engine/evaluate.py... via COMMANDS); lowering
+    one to SQL without a session is a mistake of the caller, reported clearly."""
+    if isinstance(stmt, A.Show) and stmt.kind != "POPULATIONS":
+        return
+    if isinstance(stmt, A.Drop) and stmt.kind != "POPULATION":
+        return
+    what = _describe(stmt)
+    raise PopQLError(
+        Diagnostic(
+            "X002",
+            f"{what} has no SQL form: a PopQL session executes it",
+            stmt.span,
+            hints=("run it with Session.sql(...), `popql run` or `popql query`",),
+        )
+    )
 
 
 STATEMENT_LOWERINGS: dict[type, Callable[[A.Statement], None]] = {
-    A.CreatePopulation: _refuse,
-    A.FreezePopulation: _refuse,
-    A.DiffPopulation: _refuse,
-    A.HoldOut: _refuse,
-    A.Evaluate: _refuse,
-    A.Compare: _refuse,
-    A.Expect: _refuse,
-    A.FindFailures: _refuse,
-    A.ImportPredictions: _refuse,
-    A.Show: _refuse_show,
-    A.Drop: _refuse_drop,
+    A.CreatePopulation: _session_only,
+    A.FreezePopulation: _session_only,
+    A.DiffPopulation: _session_only,
+    A.HoldOut: _session_only,
+    A.ShowSplits: _session_only,
+    A.ShowLeakage: _session_only,
+    A.Show: _session_only,
+    A.Drop: _session_only,
+    A.Evaluate: _session_only,
+    A.Compare: _session_only,
+    A.Expect: _session_only,
+    A.FindFailures: _session_only,
+    A.ImportPredictions: _session_only,
 }
 
 
@@ -151,6 +160,7 @@ class _Lowering:
         self.catalog = catalog
         self.udfs: dict[str, Any] = {}
         self.ctes: dict[str, str] = {}  # CTE name -> SQL that selects from it (for typing)
+        self.expanding: tuple[str, ...] = ()  # populations being expanded (cycle check)
         self.selects: list[SelectContext] = []  # the SELECTs being lowered, innermost last
         self.current_with: A.With | None = None  # the lowered WITH clause in scope
 
@@ -397,9 +407,10 @@ def _arrow_type(catalog: Catalog | None, info: ColumnInfo) -> Any:
 
 
 def lower_table_name(lw: _Lowering, node: A.TableName, scope: Scope | None) -> A.TableRef:
-    """``FROM samples AS OF VERSION 3``: the catalog registers that snapshot under a new name."""
+    """``FROM samples AS OF VERSION 3``: the catalog registers that snapshot under a new name.
+    ``FROM <population>``: the population's stored query, as a derived table."""
     if node.version is None:
-        return node
+        return _expand_population(lw, node) or node
     resolve = getattr(lw.catalog, "versioned_table", None)
     if resolve is None:
         raise PopQLError(
@@ -413,6 +424,56 @@ def lower_table_name(lw: _Lowering, node: A.TableName, scope: Scope | None) -> A
         )
     name = resolve(".".join(p.value for p in node.name), int(node.version), node.span)
     return A.TableName((A.Identifier(name, quote='"'),), node.alias or _default_alias(node))
+
+
+def _expand_population(lw: _Lowering, node: A.TableName) -> A.TableRef | None:
+    """``FROM dark`` where ``dark`` is a population (and no table): ``(<its query>) AS dark``.
+
+    The query re-runs at each use, so membership follows the data. The catalog checks the
+    embedder identity the population was written against (M005). Errors inside the stored
+    query are reported at the population's name, naming the population."""
+    find = getattr(lw.catalog, "population_query", None)
+    if find is None or len(node.name) != 1:
+        return None
+    name = _norm_ident(node.name[0])
+    if name in lw.ctes:
+        return None  # a CTE of that name hides the population
+    query = find(name, node.span)
+    if query is None:
+        return None
+    if name in lw.expanding:
+        chain = " -> ".join([*lw.expanding, name])
+        raise PopQLError(
+            Diagnostic("N006", f"population '{name}' refers to itself ({chain})", node.span)
+        )
+    inner = _Lowering(lw.catalog)
+    inner.expanding = (*lw.expanding, name)
+    text = format_node(query)
+    try:
+        lowered = inner.visit(query, None)
+        plan = getattr(lw.catalog, "query_columns", None)
+        if plan is not None:
+            sql = to_sql(lowered)
+            try:
+                plan(sql)  # DataFusion's own errors, told against the population's query
+            except Exception as exc:
+                from popql.engine.errors import message_of, translate_message
+
+                raise PopQLError(translate_message(message_of(exc), text, sql=sql)) from exc
+    except PopQLError as err:
+        raise PopQLError(
+            tuple(
+                Diagnostic(
+                    d.code,
+                    f"in population '{name}': {d.message}",
+                    node.span,
+                    hints=(*d.hints, f"population '{name}' is: {text}"),
+                )
+                for d in err.diagnostics
+            )
+        ) from err
+    lw.udfs.update(inner.udfs)
+    return A.DerivedTable(lowered, node.alias or _default_alias(node))
 
 
 def _default_alias(node: A.TableName) -> A.TableAlias:

@@ -379,13 +379,20 @@ def _lower_membership(
     )
     if ctx is not None and top and not negated:
         ctx.results[key] = (rel, outcome)
-    return _member(rel, outcome, negated)
+    return _member(rel, outcome, negated, top)
 
 
-def _member(rel: Relation, outcome: SearchOutcome, negated: bool) -> A.Expr:
+def _member(rel: Relation, outcome: SearchOutcome, negated: bool, top: bool = True) -> A.Expr:
+    """Membership in a search's result: a literal IN list when it is small (DataFusion pushes it
+    into the scans), a semi-join against the result table in a WHERE conjunct, and elsewhere
+    (SELECT list, CASE, under OR: DataFusion plans IN subqueries only as filters) the result's
+    score lookup tested for NULL."""
     if outcome.ids:
         items = tuple(A.String(i.replace("'", "''")) for i in outcome.ids)
         return A.InList(rel.key_column(), items, negated)
+    if not top:
+        score = A.FunctionCall((A.Identifier(outcome.score_udf, quote='"'),), (rel.key_column(),))
+        return A.IsTest(score, "NULL", negated=not negated)
     sub = A.Query(
         A.Select(
             (A.SelectItem(A.Column((A.Identifier("sample_id", quote='"'),))),),

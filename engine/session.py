@@ -39,9 +39,9 @@ written by ``popql ingest``). The session reads one snapshot -- the current vers
 ``pyarrow.dataset`` tables):
 
 * ``samples``: a view, the samples table LEFT JOINed on ``sample_id`` with each tagger's
-  table (a column whose name is taken already is prefixed ``<tagger>_``) plus
-  ``embedding_<key>`` per embedder; ``Session.describe('samples')`` says which tagger and
-  version produced each column;
+  table (a column whose name is taken already is prefixed ``<tagger>_``), materialized in
+  memory when the session runs its first statement (see :meth:`Session._materialize_samples`);
+  ``Session.describe('samples')`` says which tagger and version produced each column;
 * ``"data.samples"``: the samples table alone;
 * every table of the snapshot under its own name: ``"tags.<tagger>@<version>"`` (so older
   tagger versions stay queryable), ``"embeddings.<key>"``, ``ingest_errors`` (empty when the
@@ -184,6 +184,11 @@ def _is_pandas_frame(obj: object) -> bool:
 class Session:
     """A PopQL session over one DataFusion :class:`~datafusion.SessionContext`.
 
+    On a versioned dataset with taggers, the ``samples`` view is joined once and kept in
+    memory when the session runs its first statement (datasets of up to
+    :attr:`materialize_rows` samples; set it to 0 before the first statement to keep the lazy
+    view).
+
     Attributes:
         ctx: the DataFusion context (information_schema enabled, ``target_partitions`` =
             ``os.cpu_count()``). Using it directly is fine; PopQL reads its catalog live.
@@ -193,6 +198,9 @@ class Session:
             dataset (has ``manifest.json``), else None.
         snapshot: the :class:`~popql.engine.dataset.Snapshot` the session reads, or None.
     """
+
+    #: Largest dataset (in samples) whose ``samples`` view is materialized in memory.
+    materialize_rows: int = 2_000_000
 
     def __init__(
         self,
@@ -211,6 +219,9 @@ class Session:
         self.ctx: datafusion.SessionContext = datafusion.SessionContext(config)
         self.catalog: DataFusionCatalog = DataFusionCatalog(self.ctx)
         self.catalog.version_resolver = self._versioned_table
+        self.catalog.population_resolver = self._population_query
+        self._population_store: Any = None  # popql.engine.populations (created on first use)
+        self._population_identity_check = True
         from .similarity import SimilarityService
 
         self.similarity = SimilarityService(self)
@@ -220,6 +231,7 @@ class Session:
         self.snapshot: Snapshot | None = None
         # names registered from the directory -> describe() rows (column -> source info)
         self._from_dir: dict[str, dict[str, tuple[str, str | None, str | None]]] = {}
+        self._pending_samples: str | None = None  # the samples view's SQL, until materialized
         if path is not None:
             self.path = Path(path)
             self._open_dataset(self.path, version)
@@ -293,6 +305,35 @@ class Session:
         self.refresh()
         return summary
 
+    # -- predictions (engine/predictions.py, docs/evaluation.md) ---------------------------------
+
+    #: The model EXPECT uses when it names none (``popql test --model m``; ``m@version``).
+    default_model: str | None = None
+    #: The :class:`popql.engine.testing.Policy` EXPECT decides with (None: the defaults).
+    test_policy: Any = None
+
+    def log_predictions(
+        self, model: str, version: str | int | None = None, data: Any = None
+    ) -> int:
+        """Store ``data`` (pandas, Arrow, a list of dicts) as version ``version`` (default
+        ``"1"``) of ``model``'s predictions, queryable as ``"predictions.<model>"``; returns
+        the number of rows. Re-logging a version replaces it atomically.
+
+        >>> s.log_predictions(model="resnet", version="2", data=[        # doctest: +SKIP
+        ...     {"sample_id": "3f2a...", "label": "cat", "score": 0.93}])
+        """
+        from .predictions import log_predictions
+
+        if data is None:
+            raise TypeError("log_predictions() needs data=: a DataFrame, Arrow table or list")
+        return log_predictions(self, model, version, data)
+
+    def model_names(self) -> list[str]:
+        """Names of the models with logged predictions, sorted."""
+        from .predictions import model_names
+
+        return model_names(self)
+
     def describe(self, name: str) -> pa.Table:
         """The columns of table ``name``: ``column``, ``type`` (Arrow type, as the checker
         sees it), ``source`` (the dataset table a column comes from: ``samples``,
@@ -317,6 +358,36 @@ class Session:
             rows["tagger"].append(tagger)
             rows["tagger_version"].append(tagger_version)
         return pa.table(rows, schema=_DESCRIBE_SCHEMA)
+
+    # -- populations ----------------------------------------------------------------------------
+
+    def population_names(self) -> list[str]:
+        """Names of the populations defined in this session's dataset (or in memory), sorted.
+
+        >>> import pyarrow as pa
+        >>> s = connect()
+        >>> s.register("samples", pa.table({"sample_id": ["a", "b"], "brightness": [0.1, 0.9]}))
+        >>> _ = s.sql("CREATE POPULATION dark AS SELECT * FROM samples WHERE brightness < 0.5")
+        >>> s.population_names()
+        ['dark']
+        """
+        from .populations import store_of
+
+        return sorted(store_of(self).read().populations)
+
+    def population(self, name: str) -> Any:
+        """Population ``name`` as data for training code (N004 when there is none):
+        ``.to_arrow(split=...)``, ``.paths(split=...)``, ``.torch_dataset(split=...,
+        transform=...)`` (see :class:`popql.engine.populations.Population`)."""
+        from .populations import Population, require
+
+        return Population(self, require(self, name))
+
+    def _population_query(self, name: str, span: Any = None) -> Any:
+        """The catalog's hook: the parsed query of population ``name`` (None: not one)."""
+        from .populations import resolve_query
+
+        return resolve_query(self, name, span, check_identity=self._population_identity_check)
 
     def _describe_dataset_table(self, stmt: Any) -> pa.Table | None:
         """``DESCRIBE samples`` on a dataset lists each column with the tagger and version that
@@ -375,6 +446,7 @@ class Session:
         if not isinstance(text, str):
             raise TypeError(f"PopQL text must be a str, not {type(text).__name__}")
         script = self._parse(text, file)
+        self._materialize_samples()
         previous: Result | None = None
         for stmt in script.statements:
             if previous is not None and previous.kind == "query" and not previous.consumed:
@@ -642,12 +714,19 @@ class Session:
             for table, alias in aliases.items()
             if table != "samples"
         )
+        split_sql, split_joins = _split_column(snapshot, columns, suffix)
+        if split_sql:
+            select += f", {split_sql} AS split"
+            joins += split_joins
         sql = f"SELECT {select} FROM {quote_identifier(SAMPLES_TABLE + suffix)} AS s{joins}"
         if not track:
             self.ctx.register_view(quote_identifier("samples" + suffix), self.ctx.sql(sql))
             return
         self._replace("samples")
         self.ctx.register_view(quote_identifier("samples"), self.ctx.sql(sql))
+        self._pending_samples = None
+        if joins and snapshot.num_rows("samples") <= self.materialize_rows:
+            self._pending_samples = sql
         self._from_dir["samples"] = {
             c.name: (
                 "samples" if c.table == "samples" else c.table,
@@ -656,6 +735,34 @@ class Session:
             )
             for c in columns
         }
+        if split_sql:
+            self._from_dir["samples"]["split"] = (_split_source(snapshot), None, None)
+
+    def _materialize_samples(self) -> None:
+        """Replace the ``samples`` view by its rows in memory, once per opened version.
+
+        The view LEFT JOINs the samples table with every tagger's table on ``sample_id``;
+        DataFusion re-runs those hash joins on string keys in every query (about 25 ms per
+        100,000 samples), and a similarity search runs two queries over the view. Joining
+        once when the session first runs a statement (about 50 ms and 100 bytes of tags per
+        sample at 100,000 samples) makes later queries scan memory (about 1.5 ms).
+        Datasets above ``materialize_rows`` samples keep the lazy view.
+        """
+        sql = self._pending_samples
+        if sql is None:
+            return
+        self._pending_samples = None
+        try:
+            table = self.ctx.sql(sql).to_arrow_table()
+        except Exception:
+            return  # the view stays; a query over it reports the problem with its context
+        parts = max(1, min(os.cpu_count() or 1, table.num_rows // 65536 or 1))
+        size = -(-table.num_rows // parts) if table.num_rows else 1
+        batches = table.combine_chunks().to_batches(max_chunksize=size) or [
+            pa.RecordBatch.from_pylist([], schema=table.schema)
+        ]
+        self._replace("samples")
+        self.ctx.register_record_batches(quote_identifier("samples"), [[b] for b in batches])
 
     def _close_dataset(self) -> None:
         """Deregister every table registered from the directory."""
@@ -714,6 +821,9 @@ class Session:
     def _scratch(self) -> Session:
         """An in-memory session with empty copies of this session's tables (for checking)."""
         scratch = Session()
+        from .populations import MemoryStore, store_of
+
+        scratch._population_store = MemoryStore(store_of(self).read().copy())
         scratch.similarity.source = self  # searches are checked against this dataset
         for name in self.tables():
             schema = self.catalog.schema(name)
@@ -858,6 +968,43 @@ class Session:
         return PopQLError(diagnostic, source=text, file=file)
 
 
+def _split_column(snapshot: Snapshot, columns: list[Any], suffix: str) -> tuple[str, str]:
+    """The ``split`` column of the samples view: the imported labels' ``split`` when the
+    dataset has one, else the split a hold-out assigned (``popql.splits``), else 'train'.
+    Returns (SQL expression, joins); ("", "") when a tag column is already named split."""
+    from .populations import DEFAULT_SPLIT, SPLITS_TABLE
+
+    if any(c.name.lower() == "split" for c in columns):
+        return "", ""
+    parts: list[str] = []
+    joins = ""
+    tables = snapshot.table_names()
+    if "labels" in tables and "split" in snapshot.schema("labels").names:
+        labels = quote_identifier("labels" + suffix)
+        joins += (
+            f" LEFT JOIN (SELECT sample_id, max(CAST(split AS VARCHAR)) AS split FROM {labels}"
+            " GROUP BY sample_id) AS popql_lab ON popql_lab.sample_id = s.sample_id"
+        )
+        parts.append("popql_lab.split")
+    if SPLITS_TABLE in tables:
+        joins += (
+            f" LEFT JOIN {quote_identifier(SPLITS_TABLE + suffix)} AS popql_sp"
+            " ON popql_sp.sample_id = s.sample_id"
+        )
+        parts.append("popql_sp.split")
+    parts.append(f"'{DEFAULT_SPLIT}'")
+    return f"COALESCE({', '.join(parts)})", joins
+
+
+def _split_source(snapshot: Snapshot) -> str:
+    from .populations import SPLITS_TABLE
+
+    tables = snapshot.table_names()
+    if "labels" in tables and "split" in snapshot.schema("labels").names:
+        return "labels"
+    return SPLITS_TABLE if SPLITS_TABLE in tables else "split"
+
+
 def _is_explain(stmt: Any) -> bool:
     from popql import ast as A
 
@@ -878,7 +1025,7 @@ def _with_search_notes(table: pa.Table, notes: list[str]) -> pa.Table:
     """EXPLAIN output with a row per similarity search (strategy and why) before DataFusion's."""
     if table.num_columns < 2:
         return table
-    rows = {name: [None] * len(notes) for name in table.column_names}
+    rows: dict[str, list[str | None]] = {name: [None] * len(notes) for name in table.column_names}
     first, second = table.column_names[:2]
     rows[first] = ["popql_similarity_search"] * len(notes)
     rows[second] = list(notes)

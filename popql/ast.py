@@ -922,6 +922,21 @@ class HoldOut(Statement):
 
 
 @dataclass(frozen=True)
+class ShowSplits(Statement):
+    """``SHOW SPLITS [OF pop, ...]``: the share of each split in each population."""
+
+    populations: tuple[Identifier, ...] = ()
+
+
+@dataclass(frozen=True)
+class ShowLeakage(Statement):
+    """``SHOW LEAKAGE [THRESHOLD t] [USING embedder]``: near-duplicates across splits."""
+
+    threshold: str | None = None
+    using: tuple[Identifier, ...] = ()
+
+
+@dataclass(frozen=True)
 class ModelRef(Node):
     name: Identifier
     version: String | Number | None = None

@@ -51,7 +51,7 @@ __all__ = [
 #: Stable diagnostic codes and their one-line titles. Codes are never renumbered or reused;
 #: docs/errors.md documents each one (example and what to do). The letter gives the stage:
 #: P parse, N names, T types, X not available, E execution, F files, D datasets, M models,
-#: S similarity search, R the interactive shell, I internal.
+#: S similarity search, V evaluation, R the interactive shell, I internal.
 CODES: dict[str, str] = {
     # -- syntax (popql.syntax, popql.syntax_errors) --
     "P001": "unexpected token",
@@ -104,11 +104,16 @@ CODES: dict[str, str] = {
     "M002": "unknown model",
     "M003": "model does not load",
     "M004": "model packages not installed",
+    "M005": "population written for another embedder",
     # -- similarity search (popql.engine.lower_similarity, popql.engine.similarity) --
     "S001": "similarity search without a membership",
     "S002": "no embeddings to search",
     "S003": "invalid search example",
     "S004": "embedder does not match the stored vectors",
+    # -- evaluation: predictions, metrics, tests (popql.engine.predictions/evaluate/testing) --
+    "V001": "invalid predictions",
+    "V002": "unknown metric",
+    "V003": "cannot evaluate",
     # -- the interactive shell (popql.repl) --
     "R001": "invalid shell command",
     # -- bugs --

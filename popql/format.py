@@ -873,6 +873,19 @@ class Printer:
         salt = f" SALT {self._String(n.salt)}" if n.salt else ""
         return f"HOLD OUT {n.percent} PERCENT OF {self._Identifier(n.population)}{salt}"
 
+    def _ShowSplits(self, n: A.ShowSplits) -> str:
+        if not n.populations:
+            return "SHOW SPLITS"
+        return "SHOW SPLITS OF " + ", ".join(self._Identifier(p) for p in n.populations)
+
+    def _ShowLeakage(self, n: A.ShowLeakage) -> str:
+        out = "SHOW LEAKAGE"
+        if n.threshold is not None:
+            out += f" THRESHOLD {n.threshold}"
+        if n.using:
+            out += " USING " + ".".join(self._Identifier(p) for p in n.using)
+        return out
+
     def _ModelRef(self, n: A.ModelRef) -> str:
         version = f" VERSION {self.node(n.version)}" if n.version is not None else ""
         return self._Identifier(n.name) + version

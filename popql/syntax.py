@@ -1582,6 +1582,16 @@ class _Builder(Transformer):
         return A.Show("POPULATIONS")
 
     @_handler
+    def show_splits(self, c: list[Any]) -> A.ShowSplits:
+        return A.ShowSplits(tuple(x for x in c if isinstance(x, A.Identifier)))
+
+    @_handler
+    def show_leakage(self, c: list[Any]) -> A.ShowLeakage:
+        threshold = _tok(c, "NUMBER")
+        using = tuple(x for x in c if isinstance(x, A.Identifier))
+        return A.ShowLeakage(str(threshold) if threshold is not None else None, using)
+
+    @_handler
     def show_variable(self, c: list[Any]) -> A.Show:
         words = [x for x in c if not (isinstance(x, Token) and x.type == "VERBOSE")]
         verbose = len(words) != len(c)

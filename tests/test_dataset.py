@@ -718,9 +718,7 @@ def test_samples_view_columns(ds: Dataset) -> None:
         ("stats_width", "tags.stats@1", "width", "stats", "1"),
         ("num_faces", "tags.faces@2", "num_faces", "faces", "2"),
         ("faces_brightness", "tags.faces@2", "brightness", "faces", "2"),
-        ("embedding_clip", "embeddings.clip", "embedding", None, None),
-    ]
-    assert cols[-1].embedder == "clip"
+    ]  # embeddings are not in the view: they are the table "embeddings.clip"
     empty = samples_view_columns(Snapshot(ds.path, 0))
     assert [c.name for c in empty] == SAMPLES_SCHEMA.names
 
@@ -743,8 +741,10 @@ def test_connect_registers_view_and_tables(ds: Dataset) -> None:
         ]
     )
     rows = s.sql(
-        "SELECT sample_id, brightness, stats_width, num_faces, faces_brightness, "
-        "embedding_clip IS NOT NULL AS has_embedding FROM samples ORDER BY sample_id"
+        "SELECT s.sample_id, brightness, stats_width, num_faces, faces_brightness, "
+        "e.sample_id IS NOT NULL AS has_embedding"
+        ' FROM samples s LEFT JOIN "embeddings.clip" e ON e.sample_id = s.sample_id'
+        " ORDER BY sample_id"
     ).to_pylist()
     assert rows == [
         {"sample_id": "a", "brightness": 0.1, "stats_width": 1, "num_faces": None,
@@ -772,7 +772,9 @@ def test_describe(ds: Dataset) -> None:
     d = s.describe("samples")
     assert d.column_names == ["column", "type", "source", "tagger", "tagger_version"]
     rows = {r["column"]: r for r in d.to_pylist()}
-    assert list(rows) == [c.name for c in samples_view_columns(ds.snapshot())]
+    # the view's columns, then the queryable split (engine/populations.py: imported or held out)
+    assert list(rows) == [c.name for c in samples_view_columns(ds.snapshot())] + ["split"]
+    assert rows["split"]["source"] == "split" and rows["split"]["type"] == "string"
     assert rows["uri"] == {
         "column": "uri",
         "type": "string",
@@ -784,8 +786,11 @@ def test_describe(ds: Dataset) -> None:
     assert rows["faces_brightness"]["tagger"] == "faces"
     assert rows["faces_brightness"]["tagger_version"] == "2"
     assert rows["faces_brightness"]["type"] == "double"
-    assert rows["embedding_clip"]["source"] == "embeddings.clip"
-    assert rows["embedding_clip"]["type"].startswith("fixed_size_list")
+    assert "embedding_clip" not in rows
+    emb = {r["column"]: r for r in s.describe("embeddings.clip").to_pylist()}
+    assert emb["embedding"]["type"].startswith("list") or emb["embedding"]["type"].startswith(
+        "fixed_size_list"
+    )
     tag_rows = s.describe("tags.stats@1").to_pylist()
     assert {r["tagger"] for r in tag_rows} == {"stats"}
     assert {r["source"] for r in s.describe("labels").to_pylist()} == {"labels"}
@@ -804,9 +809,9 @@ def test_describe(ds: Dataset) -> None:
 def test_empty_dataset_session(ds: Dataset) -> None:
     s = connect(ds.path)
     assert s.version == 0
-    assert s.schema("samples").names == SAMPLES_SCHEMA.names
+    assert s.schema("samples").names == [*SAMPLES_SCHEMA.names, "split"]
     assert s.sql("SELECT count(*) AS n FROM samples").to_pylist() == [{"n": 0}]
-    assert set(s.describe("samples").column("source").to_pylist()) == {"samples"}
+    assert set(s.describe("samples").column("source").to_pylist()) == {"samples", "split"}
 
 
 def test_version_pinning_refresh_and_time_travel(ds: Dataset) -> None:

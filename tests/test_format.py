@@ -89,6 +89,8 @@ _POPQL_STATEMENTS = (
     A.FreezePopulation,
     A.DiffPopulation,
     A.HoldOut,
+    A.ShowSplits,
+    A.ShowLeakage,
     A.Evaluate,
     A.Compare,
     A.Expect,

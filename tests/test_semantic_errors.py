@@ -141,8 +141,19 @@ CASES: dict[str, Case] = {
     "similar_to_threshold_out_of_range": Case(
         "SELECT sample_id FROM photos WHERE SIMILAR TO 'a dog' THRESHOLD 1.5", "T005"
     ),
-    "not_available_population": Case(
-        "CREATE POPULATION night_frames AS\n  SELECT * FROM samples WHERE TAGGED 'night'", "X001"
+    # -- populations ----------------------------------------------------------------------------
+    "unknown_population": Case("DIFF POPULATION night_frames FROM 'v1'", "N004"),
+    "population_column_typo": Case(
+        "CREATE POPULATION night_frames AS\n  SELECT * FROM samples WHERE TAGGED 'night';\n"
+        "SELECT uir FROM night_frames",
+        "N002",
+        how="file",
+    ),
+    "population_other_embedder": Case(
+        "SELECT uri\nFROM dogs\nWHERE width > 1",
+        "M005",
+        how="call",
+        call=lambda s, folder: _population_on_other_embedder(folder),
     ),
     "similarity_score_without_sample_id": Case(
         "SELECT id, SIMILARITY(image, IMAGE 'q.jpg') AS score FROM samples", "N002"
@@ -202,10 +213,33 @@ CASES: dict[str, Case] = {
         "E001",
         how="file",
     ),
-    "file_x001_after_queries": Case(
-        "SELECT id FROM samples;\n\nHOLD OUT 10 PERCENT OF night;\n", "X001", how="file"
+    "file_population_error_after_queries": Case(
+        "SELECT id FROM samples;\n\nFREEZE POPULATION night AS 'v1';\n", "N004", how="file"
     ),
 }
+
+
+def _population_on_other_embedder(folder: Path) -> list[object]:
+    """A dataset embedded with one model and a population written against another."""
+    import numpy as np
+
+    from popql.engine.dataset import Dataset
+    from popql.engine.populations import PopulationDef, query_hash, store_of
+
+    d = Dataset.open(folder / "ds", create=True)
+    with d.transaction("samples") as tx:
+        tx.append("samples", pa.table({"sample_id": ["a"], "uri": ["a.png"], "width": [2]}))
+        emb = pa.array([np.ones(4, np.float16)], pa.list_(pa.float16(), 4))
+        tx.append("embeddings.clip", pa.table({"sample_id": ["a"], "embedding": emb}))
+        meta = {"spec": "clip", "dim": 4, "table": "embeddings.clip"}
+        tx.set_embedder("clip", {**meta, "identity": "ViT-B-16@sha256:5d1e"})
+    session = connect(folder / "ds")
+    query = "SELECT * FROM samples WHERE image SIMILAR TO 'a dog' THRESHOLD 0.27"
+    used = {"clip": "ViT-B-32@sha256:9f3c"}
+    pop = PopulationDef("dogs", query, query_hash(query), embedders=used)
+    store_of(session).update("dogs", lambda st: st.populations.__setitem__("dogs", pop))
+    text = CASES["population_other_embedder"].text
+    return [r.to_arrow() for r in connect(folder / "ds").execute(text, file="query.popql")]
 
 
 def provoke(name: str, folder: Path) -> PopQLError:

@@ -436,3 +436,22 @@ def test_near_text_examples_positive_and_negative(session, truth, embedder) -> N
     same = rows(session, f"SELECT sample_id FROM samples WHERE image NEAR '{SNEAKER}' TOP 9 EXACT")
     ids, _ = brute_force(truth, text_vector(embedder, SNEAKER), k=9)
     assert [r["sample_id"] for r in same] == ids
+
+
+def test_membership_as_a_column_and_under_or(session, truth, embedder) -> None:
+    top60, _ = brute_force(truth, text_vector(embedder, SNEAKER), k=60)
+    for k, inline in ((60, True), (1500, False)):  # small results are inlined as IN lists
+        got = session.sql(
+            f"SELECT sample_id, image SIMILAR TO '{SNEAKER}' TOP {k} AS hit,"
+            f" CASE WHEN NEAR '{SNEAKER}' TOP {k} THEN 'yes' ELSE 'no' END AS word"
+            " FROM samples ORDER BY sample_id"
+        ).to_arrow()
+        hits = [
+            i
+            for i, h in zip(got.column(0).to_pylist(), got.column(1).to_pylist(), strict=True)
+            if h
+        ]
+        words = got.column(2).to_pylist()
+        assert len(hits) == min(k, N) and words.count("yes") == len(hits)
+        if inline:
+            assert set(hits) == set(top60)
