@@ -18,7 +18,8 @@ What is offered where:
 
 * at the start of a statement: the statements of the grammar (``SELECT``, ``CREATE
   POPULATION``, ``HOLD OUT``...); at the start of the input also the meta-commands (``.tables``);
-* after ``FROM``/``JOIN``/``INTO``/``TABLE``/``DESCRIBE``...: tables;
+* after ``FROM``/``JOIN``/``INTO``/``TABLE``/``DESCRIBE``...: tables (and populations after
+  ``FROM``/``JOIN``: they are queried like tables);
 * in expressions: the columns of the statement's tables (``alias.`` narrows to one table; tag
   columns first), functions and keywords;
 * after ``POPULATION``, ``HOLD OUT n PERCENT OF``, ``EVALUATE m ON``, ``EXPECT ... ON``:
@@ -758,6 +759,8 @@ def complete(
         up in _TABLE_AFTER and not statement_phrase.startswith(("CREATE", "DROP POPULATION"))
     ) or (up in _TABLE_AFTER and first_word == "DROP"):
         cands += [(t, _quote_ident(t), "table", "table") for t in meta.tables]
+        if up in ("FROM", "JOIN"):  # populations are queried like tables
+            cands += [(p, _quote_ident(p), "population", "population") for p in meta.populations]
     elif up in _EXPR_AFTER or prev.text in _EXPR_OPS or (prev.kind == "op"):
         cands += _expression_candidates(aliases, meta, prefix)
     else:

@@ -111,11 +111,23 @@ def test_replacement_span(meta: Metadata) -> None:
 
 
 def test_tables_after_from_join_and_quoting(meta: Metadata) -> None:
-    assert texts("SELECT * FROM ", meta) == ["samples", "preds", '"tags.image_stats@1"']
+    assert texts("SELECT * FROM ", meta) == [
+        "samples",
+        "preds",
+        '"tags.image_stats@1"',
+        "dark_streets",  # populations are queried like tables
+        "night_beach",
+    ]
+    assert texts("INSERT INTO ", meta) == ["samples", "preds", '"tags.image_stats@1"']
     assert texts("SELECT * FROM samples s JOIN pr", meta) == ["preds"]
     assert texts("DESCRIBE ta", meta) == ['"tags.image_stats@1"']
     # substring matches come after prefix matches
-    assert texts("SELECT * FROM s", meta) == ["samples", "preds", '"tags.image_stats@1"']
+    assert texts("SELECT * FROM s", meta) == [
+        "samples",
+        "preds",
+        '"tags.image_stats@1"',
+        "dark_streets",
+    ]
 
 
 def test_columns_of_the_statement_tables(meta: Metadata) -> None:
