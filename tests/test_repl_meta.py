@@ -203,3 +203,16 @@ def test_ctrl_c_cancels_a_running_query(run: Run) -> None:
 def test_history_path(tmp_path: Path) -> None:
     assert default_history_path({"POPQL_HISTORY": str(tmp_path / "h")}) == tmp_path / "h"
     assert default_history_path({"XDG_STATE_HOME": str(tmp_path)}) == tmp_path / "popql" / "history"
+
+
+def test_cli_repl_subcommand(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from popql.repl.cli import main
+
+    assert main(["repl", "--help"]) == 0
+    assert "usage: popql repl [-h] [--register NAME=PATH] [DATASET]" in capsys.readouterr().out
+    assert main(["repl", str(tmp_path / "missing")]) == 1
+    assert "error[F001]: dataset directory not found" in capsys.readouterr().err
+    # without a terminal, `popql` alone prints the help (tests/test_repl_tmux.py opens the
+    # shell on a terminal)
+    assert main([]) == 0
+    assert "repl" in capsys.readouterr().out
