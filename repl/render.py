@@ -147,7 +147,8 @@ def format_result(
     ``table`` mode is the aligned text table of :func:`popql.engine.result.format_table`
     (column names, Arrow types, numbers right-aligned, a row-count line); image path columns
     are shown relative to ``cwd`` when they lie below it. ``markdown`` adds the row count
-    after a blank line; ``csv`` and ``json`` (one object per line) are data only, as
+    after a blank line. Both show at most ``max_rows`` rows (None: all) and say so in the row
+    count. ``csv`` and ``json`` (one object per line) are every row and nothing else, as
     ``popql query --format`` writes them.
     """
     if mode == "csv":
@@ -156,9 +157,14 @@ def format_result(
         return _json_lines(table)
     if table.num_columns == 0:
         return "(no columns)"
-    table = _with_display_paths(table, cwd)
+    total = table.num_rows
     if mode == "markdown":
-        return _markdown(table) + "\n\n" + _row_count(table.num_rows)
+        head = table if max_rows is None or total <= max_rows else table.slice(0, max_rows)
+        count = _row_count(total)
+        if head.num_rows < total:
+            count = f"({total:,} rows, {head.num_rows:,} shown)"
+        return _markdown(_with_display_paths(head, cwd)) + "\n\n" + count
+    table = _with_display_paths(table, cwd)
     if mode != "table":
         raise ValueError(f"unknown output mode {mode!r}; expected one of {', '.join(MODES)}")
     from popql.engine.result import format_table

@@ -93,6 +93,8 @@ class Settings:
     explain: bool = False
     pager: bool = True
     thumbnails: bool = True
+    #: rows shown in table and markdown modes (the row count says how many there are)
+    max_rows: int | None = 1000
 
 
 class Shell:
@@ -322,7 +324,11 @@ class Shell:
         batches = list(_batches(result))  # streamed, so Ctrl-C cancels promptly
         table = pa.Table.from_batches(batches, schema=schema) if batches else schema.empty_table()
         elapsed = time.perf_counter() - start
-        self.emit(format_result(table, self.settings.mode, cwd=os.getcwd()))
+        self.emit(
+            format_result(
+                table, self.settings.mode, cwd=os.getcwd(), max_rows=self.settings.max_rows
+            )
+        )
         if (
             self.image_protocol
             and self.settings.thumbnails

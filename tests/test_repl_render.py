@@ -59,6 +59,10 @@ def test_markdown_csv_json() -> None:
     ]
     rows = [json.loads(line) for line in format_result(TABLE, "json").splitlines()]
     assert rows[1] == {"uri": "s3://bucket/b.jpg", "n": 10, "label": None}
+    many = pa.table({"n": list(range(50))})
+    assert format_result(many, "table", max_rows=10).splitlines()[-1] == "(50 rows, 10 shown)"
+    assert format_result(many, "markdown", max_rows=10).endswith("\n| 9 |\n\n(50 rows, 10 shown)")
+    assert len(format_result(many, "csv", max_rows=10).splitlines()) == 51  # data: every row
     with pytest.raises(ValueError, match="unknown output mode"):
         format_result(TABLE, "xml")
 

@@ -149,7 +149,7 @@ def test_shell_in_a_terminal(tmp_path: Path, terminals: list[Terminal]) -> None:
     cancel_latency = time.monotonic() - start
     term.wait_for(lambda s: prompts(s, "tags> ") == before + 1)
     print(f"Ctrl-C to E002: {cancel_latency:.2f} s")
-    assert cancel_latency < 20
+    assert cancel_latency < 60  # datafusion checks signals once a second; slower under load
     term.type("SELECT 41 + 1 AS answer;")
     term.keys("Enter")
     term.wait_for(lambda s: re.search(r"^\s+42\s*$", s, re.M) is not None)
