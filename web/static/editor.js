@@ -153,8 +153,11 @@ export class Editor {
       return;
     }
     if (this.value !== text || this.input.selectionStart !== cursor) return;  // typed on
-    this.suggestions = data.suggestions || [];
-    if (!this.suggestions.length || (!explicit && this.suggestions.length === 1 && this.suggestions[0].start === 0)) {
+    if (!explicit && document.activeElement !== this.input) return;  // the user moved on
+    // while typing, offer only what adds something to the word under the cursor
+    this.suggestions = (data.suggestions || []).filter((s) =>
+      explicit || s.text !== text.slice(cursor + Math.min(0, s.start), cursor));
+    if (!this.suggestions.length) {
       this.hidePopup();
       return;
     }
@@ -164,7 +167,7 @@ export class Editor {
       li.dataset.index = i;
       li.innerHTML = `<span class="text"></span><span class="kind"></span>`;
       li.querySelector(".text").textContent = s.display || s.text;
-      li.querySelector(".kind").textContent = s.meta ? `${s.kind} · ${s.meta}` : s.kind;
+      li.querySelector(".kind").textContent = s.meta && s.meta !== s.kind ? `${s.kind} · ${s.meta}` : s.kind;
       li.addEventListener("mousedown", (ev) => { ev.preventDefault(); this.accept(i); });
       this.popup.appendChild(li);
     });
