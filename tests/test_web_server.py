@@ -457,3 +457,47 @@ def test_popql_serve_process_with_token(dataset: Path, tmp_path: Path) -> None:
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_raw_path_traversal_over_http(service: WebService) -> None:
+    """The same attempts sent byte for byte (http.client does not normalise paths as httpx
+    does) to uvicorn."""
+    import http.client
+    import threading
+    import time
+
+    uvicorn = pytest.importorskip("uvicorn")
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive()
+            time.sleep(0.05)
+        for path in [
+            "/static/../../pyproject.toml",
+            "/static/../server.py",
+            "/static/%2e%2e/%2e%2e/pyproject.toml",
+            "/static/..\\..\\pyproject.toml",
+            "/static//etc/passwd",
+            "/thumb/../../etc/passwd",
+            "/thumb/..%2f..%2fmanifest.json",
+        ]:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", path)
+            response = conn.getresponse()
+            body = response.read()
+            conn.close()
+            assert response.status in (400, 404), (path, response.status)
+            assert b"root:" not in body and b"[project]" not in body and b"import" not in body
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/static/app.js")
+        assert conn.getresponse().status == 200
+        conn.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
