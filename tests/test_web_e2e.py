@@ -272,9 +272,12 @@ def test_web_view_end_to_end(
         wait_for(lambda: f"NEAR SAMPLE '{sid}' TOP 20" in editor_value(d), "the NEAR statement")
         wait_for(lambda: status_rows(d) == 20, "similar images")
         wait_for(lambda: len(loaded_cells(d)) >= 10, "similar thumbnails")
-        similar = [c.get_attribute("data-sid") for c in loaded_cells(d)]
         expected = service.session.sql(editor_value(d)).to_pydict()["sample_id"]
-        assert similar == expected[: len(similar)]
+        shown = {
+            int(c.get_attribute("data-index") or -1): c.get_attribute("data-sid")
+            for c in d.find_elements(By.CSS_SELECTOR, "#grid .cell")
+        }
+        assert shown == {i: sid for i, sid in enumerate(expected)}  # all 20, in rank order
         shoot(d, artifacts, "04-more-like-this")
 
         # 4. positives and negatives refine the search
