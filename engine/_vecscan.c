@@ -746,7 +746,21 @@ done:
 
 static PyObject *py_kernel(PyObject *self, PyObject *args) {
     (void)self;
-    (void)args;
+    const char *want = NULL;
+    if (!PyArg_ParseTuple(args, "|z", &want)) return NULL;
+    if (want != NULL) {
+        if (strcmp(want, "portable") == 0) {
+            DOT = dot_portable;
+            KERNEL_NAME = "portable";
+        } else if (strcmp(want, "best") == 0) {
+            DOT = dot_portable;
+            KERNEL_NAME = "portable";
+            choose_kernel();
+        } else {
+            PyErr_SetString(PyExc_ValueError, "kernel: 'portable' or 'best'");
+            return NULL;
+        }
+    }
     return PyUnicode_FromString(KERNEL_NAME);
 }
 
@@ -758,7 +772,9 @@ static PyMethodDef methods[] = {
      "hnsw(file, starts, matrix, dim, conn, conn_base, slot_bytes, max_level, entry, mask, "
      "query, ef, ef_upper, max_visits, out_rows, out_scores) -> (written, visits, exhausted, allowed_seen, "
      "first_allowed_visit)"},
-    {"kernel", py_kernel, METH_NOARGS, "the distance kernel in use: 'avx2-f16c' or 'portable'"},
+    {"kernel", py_kernel, METH_VARARGS,
+     "kernel(choice=None) -> the distance kernel in use, 'avx2-f16c' or 'portable'; choice "
+     "'portable' or 'best' switches (tests)"},
     {NULL, NULL, 0, NULL},
 };
 

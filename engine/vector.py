@@ -729,12 +729,21 @@ class VectorIndex:
 
     def memory_usage(self) -> dict[str, int]:
         """Bytes held: ``matrix`` (float16 vectors), ``keys``, ``hnsw`` (usearch's own figure:
-        its graph and its copy of the vectors; memory-mapped pages when restored as a view)."""
+        its graph and its copy of the vectors; memory-mapped pages when restored as a view),
+        ``graph`` (the compiled search's node offsets, 8 bytes per vector, plus, for an
+        in-memory index, the saved copy of the graph it reads)."""
+        g = self._graph if isinstance(self._graph, _Graph) else None
+        graph = 0
+        if g is not None:
+            graph = int(g.starts.nbytes)  # slot_keys is the keys array itself
+            if not isinstance(g.raw, np.memmap):
+                graph += int(g.raw.nbytes)
         return {
             "matrix": int(self._matrix.nbytes),
             # the keys, plus a sorted copy and its order once a key lookup needed them
             "keys": int(self._keys.nbytes) * (3 if self._sorted is not None else 1),
             "hnsw": int(self._hnsw.memory_usage),
+            "graph": graph,
         }
 
     # -- keys <-> rows --------------------------------------------------------------------------
@@ -1112,7 +1121,7 @@ class VectorIndex:
                         raw, self.dim, rows_expected=len(self), slot_bytes_options=(4, 5)
                     )
                     if parsed is not None and np.array_equal(parsed.slot_keys, self._keys):
-                        g = parsed
+                        g = replace(parsed, slot_keys=self._keys)
             self._graph = g
         return g if isinstance(g, _Graph) else None
 
@@ -1539,15 +1548,64 @@ class VectorIndex:
                 per.append(timed(lambda qq=qq, c=c: self._hnsw.search(qq, c, threads=1)))
             hn.append(float(np.median(per)))
         slope = max(0.01, (hn[1] - hn[0]) / (counts[1] - counts[0]))
-        self.cost = CostModel(
+        cost = CostModel(
             scan_us_per_row=max(1e-4, (scan - small) / max(1, m - 256)),
             gather_us_per_row=max(1e-4, gather / m),
             exact_overhead_us=max(1.0, small),
             hnsw_us_per_count=slope,
             hnsw_overhead_us=max(1.0, hn[0] - slope * counts[0]),
         )
+        if self._use_compiled():
+            self._calibrate_compiled(cost, rows, qs, timed, k)
+        self.cost = cost
         self._crossover_memo = None
         return self.cost
+
+    def _calibrate_compiled(
+        self, cost: CostModel, rows: np.ndarray, qs: list[np.ndarray], timed: Any, k: int
+    ) -> None:
+        """The compiled kernels' constants: the scan per scattered and per sequential row (one
+        thread), and the filtered graph search's time per distance and distances per ef."""
+        n, m = len(self), len(rows)
+        q32 = np.asarray(qs[0], np.float32)
+        scattered = np.zeros(n, bool)
+        scattered[rows] = True
+        few = np.zeros(n, bool)
+        few[rows[:256]] = True
+        dense = np.zeros(n, bool)
+        dense[:m] = True
+        saved = self.parallel_rows_compiled
+        self.parallel_rows_compiled = n + 1  # one thread, as the model counts
+        try:
+            t_scat = timed(lambda: self._cscan(scattered, q32, k + self.pad, 0.0, m))
+            t_few = timed(lambda: self._cscan(few, q32, k + self.pad, 0.0, 256))
+            t_dense = timed(lambda: self._cscan(dense, q32, k + self.pad, 0.0, m))
+        finally:
+            self.parallel_rows_compiled = saved
+        cost.cscan_us_per_row = max(1e-4, (t_scat - t_few) / max(1, m - 256))
+        cost.cscan_dense_us_per_row = max(1e-4, (t_dense - t_few) / max(1, m - 256))
+        cost.cscan_overhead_us = max(1.0, t_few - 256 * cost.cscan_us_per_row)
+        if self._graph_layout() is None:
+            return
+        rng = np.random.default_rng(1)
+        tenth = rng.random(n) < 0.1
+        ef = self.expansion_search
+        per_visit, v_all, v_tenth = [], [], []
+        for q in qs:
+            for mask, out in ((None, v_all), (tenth, v_tenth)):
+                st: dict[str, Any] = {}
+                plan = SearchPlan(
+                    "hnsw-filtered", "", n, n, k, None, count=ef, forced=True, graph=True
+                )
+                self._graph_filtered(q, mask, n if mask is None else int(tenth.sum()), k, plan, st)
+                per_visit.append(st["graph_ms"] * 1000 / max(1, st["graph_visits"]))
+                out.append(st["graph_visits"] / ef)
+        # visits / ef = a + b / s, from s = 1 and s = 0.1
+        a_plus_b, a_plus_10b = float(np.median(v_all)), float(np.median(v_tenth))
+        b = max(0.1, (a_plus_10b - a_plus_b) / 9)
+        cost.graph_visits_per_ef_sel = b
+        cost.graph_visits_per_ef = max(0.0, a_plus_b - b)
+        cost.graph_us_per_visit = max(1e-3, float(np.median(per_visit)))
 
 
 # ---------------------------------------------------------------------------------------------
