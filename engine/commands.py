@@ -48,6 +48,11 @@ COMMANDS: dict[str, str] = {
     "HoldOut": ".populations:hold_out",
     "ShowSplits": ".populations:show_splits",
     "ShowLeakage": ".populations:show_leakage",
+    "ImportPredictions": ".predictions:import_predictions",
+    "Evaluate": ".evaluate:evaluate",
+    "Compare": ".evaluate:compare",
+    "Expect": ".testing:expect",
+    "FindFailures": ".failures:find_failures",
 }
 
 

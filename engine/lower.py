@@ -21,7 +21,7 @@ PopQL                                  DataFusion SQL
 ``FROM t AS OF VERSION 3``             ``FROM "t@v3" AS t`` (the dataset snapshot, registered)
 ``image SIMILAR TO 'text' ...``,       diagnostic X001 (executed by the similarity-search
 ``NEAR ...``, ``SIMILARITY(...)``      release), pointing at the construct
-populations and testing statements     diagnostic X001
+populations, evaluation statements    X002 here: a session executes them (``engine/commands.py``)
 =====================================  =========================================================
 """
 
@@ -117,12 +117,9 @@ def _describe(node: A.Node) -> str:
     }.get(type(node), type(node).__name__)
 
 
-def _refuse(stmt: A.Statement) -> None:
-    raise not_available(stmt)
-
-
 def _session_only(stmt: A.Statement) -> None:
-    """Population statements run in a session (engine/populations.py via COMMANDS); lowering
+    """Population and evaluation statements run in a session (engine/populations.py,
+    engine/evaluate.py... via COMMANDS); lowering
     one to SQL without a session is a mistake of the caller, reported clearly."""
     if isinstance(stmt, A.Show) and stmt.kind != "POPULATIONS":
         return
@@ -146,13 +143,13 @@ STATEMENT_LOWERINGS: dict[type, Callable[[A.Statement], None]] = {
     A.HoldOut: _session_only,
     A.ShowSplits: _session_only,
     A.ShowLeakage: _session_only,
-    A.Evaluate: _refuse,
-    A.Compare: _refuse,
-    A.Expect: _refuse,
-    A.FindFailures: _refuse,
-    A.ImportPredictions: _refuse,
     A.Show: _session_only,
     A.Drop: _session_only,
+    A.Evaluate: _session_only,
+    A.Compare: _session_only,
+    A.Expect: _session_only,
+    A.FindFailures: _session_only,
+    A.ImportPredictions: _session_only,
 }
 
 

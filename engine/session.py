@@ -305,6 +305,35 @@ class Session:
         self.refresh()
         return summary
 
+    # -- predictions (engine/predictions.py, docs/evaluation.md) ---------------------------------
+
+    #: The model EXPECT uses when it names none (``popql test --model m``; ``m@version``).
+    default_model: str | None = None
+    #: The :class:`popql.engine.testing.Policy` EXPECT decides with (None: the defaults).
+    test_policy: Any = None
+
+    def log_predictions(
+        self, model: str, version: str | int | None = None, data: Any = None
+    ) -> int:
+        """Store ``data`` (pandas, Arrow, a list of dicts) as version ``version`` (default
+        ``"1"``) of ``model``'s predictions, queryable as ``"predictions.<model>"``; returns
+        the number of rows. Re-logging a version replaces it atomically.
+
+        >>> s.log_predictions(model="resnet", version="2", data=[        # doctest: +SKIP
+        ...     {"sample_id": "3f2a...", "label": "cat", "score": 0.93}])
+        """
+        from .predictions import log_predictions
+
+        if data is None:
+            raise TypeError("log_predictions() needs data=: a DataFrame, Arrow table or list")
+        return log_predictions(self, model, version, data)
+
+    def model_names(self) -> list[str]:
+        """Names of the models with logged predictions, sorted."""
+        from .predictions import model_names
+
+        return model_names(self)
+
     def describe(self, name: str) -> pa.Table:
         """The columns of table ``name``: ``column``, ``type`` (Arrow type, as the checker
         sees it), ``source`` (the dataset table a column comes from: ``samples``,

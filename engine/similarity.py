@@ -97,25 +97,30 @@ def keys_of_ids(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     if n == 0:
         return np.zeros(0, np.int64)
     valid = pc.fill_null(pc.equal(pc.utf8_length(ids), 16), False)
-    fixed = pc.if_else(valid, ids, pa.scalar("0" * 16))
+    all_valid = pc.all(valid).as_py()
+    fixed = ids if all_valid else pc.if_else(valid, ids, pa.scalar("0" * 16))
     if isinstance(fixed, pa.ChunkedArray):
         fixed = fixed.combine_chunks()
     bufs = fixed.buffers()
     start = int(np.frombuffer(bufs[1], np.int32)[fixed.offset])
     data = np.frombuffer(bufs[2], np.uint8)[start : start + 16 * n]
-    lut = np.full(256, 255, np.uint8)
-    for i, ch in enumerate(b"0123456789abcdef"):
-        lut[ch] = i
-    for i, ch in enumerate(b"ABCDEF"):
-        lut[ch] = 10 + i
-    nib = lut[data].reshape(n, 16)
-    bad = (nib == 255).any(axis=1) | ~np.asarray(valid.to_numpy(zero_copy_only=False))
-    nib = np.where(nib == 255, 0, nib).astype(np.uint64)
-    shifts = np.arange(60, -1, -4, dtype=np.uint64)
-    keys = (nib << shifts).sum(axis=1, dtype=np.uint64) & np.uint64(0x7FFF_FFFF_FFFF_FFFF)
-    out = keys.astype(np.int64)
-    out[bad] = -1
-    return out
+    nib = _HEX[data].reshape(n, 16)
+    # a non-hex digit maps to 255: test the high bit of the 16 digits as two 64-bit words
+    bad = (nib.view("<u8").reshape(n, 2) & np.uint64(0x8080808080808080)).any(axis=1)
+    if not all_valid:
+        bad |= ~valid.to_numpy(zero_copy_only=False)
+    # two hex digits a byte, eight bytes big-endian: the integer the digits spell
+    packed = ((nib[:, 0::2] << 4) | (nib[:, 1::2] & 15)).astype(np.uint8)
+    keys = packed.view(">u8").reshape(n).astype(np.int64) & np.int64(0x7FFF_FFFF_FFFF_FFFF)
+    keys[bad] = -1
+    return keys
+
+
+_HEX = np.full(256, 255, np.uint8)
+for _i, _ch in enumerate(b"0123456789abcdef"):
+    _HEX[_ch] = _i
+for _i, _ch in enumerate(b"ABCDEF"):
+    _HEX[_ch] = 10 + _i
 
 
 @dataclass
@@ -322,7 +327,8 @@ class SimilarityService:
             table = self.session.ctx.sql(req.fallback_sql).to_arrow_table()
             note = " [the other predicates reference an outer query: FROM rows ranked]"
         keys = keys_of_ids(table.column(0)) if table.num_columns else np.zeros(0, np.int64)
-        mask = index.mask_of(keys[keys >= 0])
+        keys = np.sort(keys[keys >= 0])  # sorted lookups walk the sorted index keys in order
+        mask = index.mask_of(keys)
         passing = f" [{int(mask.sum()):,} of {len(index):,} rows allowed]"
         return mask, note or passing
 

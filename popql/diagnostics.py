@@ -110,6 +110,10 @@ CODES: dict[str, str] = {
     "S002": "no embeddings to search",
     "S003": "invalid search example",
     "S004": "embedder does not match the stored vectors",
+    # -- evaluation: predictions, metrics, tests (popql.engine.predictions/evaluate/testing) --
+    "V001": "invalid predictions",
+    "V002": "unknown metric",
+    "V003": "cannot evaluate",
     # -- bugs --
     "I001": "internal error",
 }

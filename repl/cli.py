@@ -10,6 +10,7 @@
     popql vacuum --dataset DIR [--keep N] [--format text|json]
     popql ingest SOURCE... --dataset DIR [--embedder SPEC|none] [--tagger NAME]... [--labels FILE]
                  [--json] [--commit-every N] [--batch-size N]
+    popql test SUITE.popql... [--dataset DIR] [--model M] [--junit FILE] [--report FILE]
 
 Also ``python -m popql.repl``. See :data:`EPILOG` for exit codes.
 """
@@ -277,6 +278,10 @@ def _build_parser() -> argparse.ArgumentParser:
         default=64,
         help="decoded images handed to the models at once (default 64)",
     )
+    # -- popql test (repl/test_command.py) --
+    from .test_command import add_parser as _add_test_parser
+
+    _add_test_parser(command, data_options)
     return parser
 
 
@@ -324,6 +329,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_vacuum(args)
         if args.command == "ingest":
             return _cmd_ingest(args)
+        if args.command == "test":
+            from .test_command import run as _run_tests
+
+            return _run_tests(args, _open_session)
         raise AssertionError(f"unhandled command {args.command!r}")  # pragma: no cover
     except KeyboardInterrupt:
         _flush_quietly()

@@ -437,14 +437,6 @@ SEARCH_EXPRESSIONS: list[tuple[str, str, str]] = [
     ("SELECT id,\n  SIMILARITY('a cat') AS s\nFROM samples", "SIMILARITY('a cat')", "SIMILARITY"),
 ]
 
-X001_STATEMENTS: list[tuple[str, str]] = [
-    ("EVALUATE detector ON night, day METRICS recall, precision(0.5)", "EVALUATE"),
-    ("EVALUATE detector VERSION 'v2' BY weather", "EVALUATE"),
-    ("COMPARE detector VERSION 3 WITH detector VERSION 2 ON night", "COMPARE"),
-    ("EXPECT recall >= 0.9 ON night FOR MODEL detector MIN SUPPORT 50", "EXPECT"),
-    ("FIND FAILURES FOR MODEL detector BY weather, camera MIN SUPPORT 20", "FIND FAILURES"),
-    ("IMPORT PREDICTIONS FOR MODEL detector FROM 'preds.parquet'", "IMPORT PREDICTIONS"),
-]
 
 
 def _x001(session: Session, text: str, codes: tuple[str, ...] = ("X001",)) -> PopQLError:
@@ -473,17 +465,6 @@ def test_search_without_dataset_points_at_construct(
     rendered = str(err)
     assert f"query.popql:{diag.span.line}:{diag.span.column}" in rendered
     assert "^" * min(len(construct), 20) in rendered
-
-
-@pytest.mark.parametrize(("stmt", "name"), X001_STATEMENTS, ids=_qid)
-def test_x001_statement_points_at_statement(images: Session, stmt: str, name: str) -> None:
-    text = f"SELECT 1 AS warmup;\n\n{stmt};\nSELECT 2 AS never"
-    err = _x001(images, text)
-    diag = err.diagnostic
-    assert diag.span is not None
-    assert text[diag.span.start : diag.span.end] == stmt
-    assert (diag.span.line, diag.span.column) == (3, 1)
-    assert diag.message == f"{name} is not available yet"
 
 
 def test_x001_statement_stops_the_script(images: Session) -> None:
