@@ -802,7 +802,8 @@ def main(argv: list[str] | None = None) -> int:
     mem_lines = [
         f"- PopQL: usearch file {file_b:.0f} B/vector (f16 vectors {2 * args.dim} B + HNSW graph "
         f"{file_b - 2 * args.dim:.0f} B); restored as a view both are memory-mapped and the exact "
-        f"scans read the file's own vector block; +{mem['keys'] / n:.0f} B/vector of keys in RAM. "
+        f"scans read the file's own vector block; +{mem['keys'] / n:.0f} B/vector of keys and "
+        f"+{mem.get('graph', 0) / n:.0f} B/vector of graph node offsets in RAM. "
         f"Build {info['popql_build_s']:.1f} s ({args.threads or os.cpu_count()} threads), "
         f"restore {info['popql_restore_s'] * 1000:.0f} ms.",
         f"- resolving 10 % of the rows given as int64 keys (instead of a mask): "
