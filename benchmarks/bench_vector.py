@@ -584,6 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     # Key arrays instead of a mask: what resolving them costs.
     mask10 = data["bucket"] < 100
     allowed_keys = data["keys"][mask10]
+    index.mask_of(allowed_keys[:1])  # the sorted keys are built once per index, not per query
     t0 = time.perf_counter()
     index.mask_of(allowed_keys)
     info["resolve_keys_10pct_ms"] = (time.perf_counter() - t0) * 1000
