@@ -51,7 +51,7 @@ __all__ = [
 #: Stable diagnostic codes and their one-line titles. Codes are never renumbered or reused;
 #: docs/errors.md documents each one (example and what to do). The letter gives the stage:
 #: P parse, N names, T types, X not available, E execution, F files, D datasets, M models,
-#: S similarity search, I internal.
+#: S similarity search, V evaluation, R the interactive shell, I internal.
 CODES: dict[str, str] = {
     # -- syntax (popql.syntax, popql.syntax_errors) --
     "P001": "unexpected token",
@@ -114,6 +114,8 @@ CODES: dict[str, str] = {
     "V001": "invalid predictions",
     "V002": "unknown metric",
     "V003": "cannot evaluate",
+    # -- the interactive shell (popql.repl) --
+    "R001": "invalid shell command",
     # -- bugs --
     "I001": "internal error",
 }

@@ -11,6 +11,8 @@
     popql ingest SOURCE... --dataset DIR [--embedder SPEC|none] [--tagger NAME]... [--labels FILE]
                  [--json] [--commit-every N] [--batch-size N]
     popql test SUITE.popql... [--dataset DIR] [--model M] [--junit FILE] [--report FILE]
+    popql repl [DATASET] [--register NAME=PATH ...]
+    popql                    (on a terminal: the shell; otherwise this help)
 
 Also ``python -m popql.repl``. See :data:`EPILOG` for exit codes.
 """
@@ -213,6 +215,23 @@ def _build_parser() -> argparse.ArgumentParser:
         help="the report as a line of text, or as a JSON object",
     )
 
+    rp = command(
+        "repl",
+        "the interactive PopQL shell (also: popql with no arguments on a terminal)",
+        "Open the interactive shell on DATASET (a dataset directory; default: an in-memory "
+        "session): syntax highlighting, completion of tables, columns, tags and their values, "
+        "populations, models and paths, multi-line statements ending with ';', history "
+        "(Ctrl-R), Ctrl-C cancels a running query, Ctrl-D leaves. Type .help inside.",
+    )
+    rp.add_argument("dataset", metavar="DATASET", nargs="?", help="a dataset directory")
+    rp.add_argument(
+        "--register",
+        metavar="NAME=PATH",
+        action="append",
+        default=[],
+        help="register a Parquet/CSV/Arrow file or folder as table NAME (repeatable)",
+    )
+
     # -- popql ingest (engine/ingest.py) --
     ing = command(
         "ingest",
@@ -311,8 +330,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"popql {_version()}")
         return EXIT_OK
     if args.command is None:
-        parser.print_help()
-        return EXIT_OK
+        if _interactive():
+            args = parser.parse_args(["repl"])
+        else:
+            parser.print_help()
+            return EXIT_OK
     json_diagnostics = getattr(args, "format", None) == "json"
     try:
         if args.command == "query":
@@ -333,6 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .test_command import run as _run_tests
 
             return _run_tests(args, _open_session)
+        if args.command == "repl":
+            return _cmd_repl(args)
         raise AssertionError(f"unhandled command {args.command!r}")  # pragma: no cover
     except KeyboardInterrupt:
         _flush_quietly()
@@ -461,6 +485,20 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if as_json:
         _write_out(to_json(collected) + "\n")
     return status
+
+
+def _interactive() -> bool:
+    """Whether stdin and stdout are both terminals (``popql`` alone then opens the shell)."""
+    try:
+        return sys.stdin.isatty() and sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _cmd_repl(args: argparse.Namespace) -> int:
+    from .shell import Shell
+
+    return Shell(_open_session(args)).run()
 
 
 def _versioned_dataset(path: str) -> Path:

@@ -455,3 +455,35 @@ def test_membership_as_a_column_and_under_or(session, truth, embedder) -> None:
         assert len(hits) == min(k, N) and words.count("yes") == len(hits)
         if inline:
             assert set(hits) == set(top60)
+
+
+# -- populations by similarity, evaluated (issues 4 and 5 together) -----------------------------
+
+
+def test_population_by_similarity_evaluated_against_sklearn(tmp_path: Path, dataset: Path) -> None:
+    from sklearn.metrics import accuracy_score
+
+    shutil.copytree(dataset, tmp_path / "ds")
+    s = popql.connect(tmp_path / "ds")
+    truth = s.sql("SELECT sample_id, label FROM samples ORDER BY sample_id").to_pydict()
+    # a "model" that calls every other sneaker a sandal, and is right elsewhere
+    preds = [
+        "sandal" if lab == "sneaker" and i % 2 else lab for i, lab in enumerate(truth["label"])
+    ]
+    ids = truth["sample_id"]
+    s.log_predictions(
+        model="clf", data=[{"sample_id": i, "label": p} for i, p in zip(ids, preds, strict=True)]
+    )
+    s.sql(
+        "CREATE POPULATION sneaker_like DESCRIPTION 'looks like a sneaker' AS"
+        f" SELECT * FROM samples WHERE image SIMILAR TO '{SNEAKER}' TOP 60"
+    )
+    members = {r["sample_id"] for r in rows(s, "SELECT sample_id FROM sneaker_like")}
+    assert len(members) == 60
+    got = s.sql("EVALUATE clf ON sneaker_like METRICS accuracy").to_pylist()[0]
+    idx = [i for i, sid in enumerate(truth["sample_id"]) if sid in members]
+    want = accuracy_score([truth["label"][i] for i in idx], [preds[i] for i in idx])
+    assert got["n"] == 60 and got["accuracy"] == pytest.approx(want)
+    assert got["accuracy_lo"] < got["accuracy"] < got["accuracy_hi"]
+    verdict = s.sql("EXPECT accuracy >= 0.95 ON sneaker_like FOR MODEL clf").to_pylist()[0]
+    assert verdict["status"] in ("fail", "inconclusive") and want < 0.95
