@@ -16,33 +16,41 @@ rows (the rows that pass the other predicates of the query: a bool mask aligned 
 Strategies (see :meth:`VectorIndex.plan`):
 
 ``exact``
-    Brute force over the allowed rows (gathered, or the whole matrix when nothing is filtered
-    out). Chosen when the filter is selective enough that scanning the candidates costs less
-    than an HNSW search that would find ``k`` of them (below the *crossover* selectivity, about
-    1-5 % depending on the number of rows and ``k``), for every threshold query (HNSW cannot
-    prove that it missed no row above the threshold), when ``EXACT`` is asked for, and as the
-    fallback of the approximate strategies.
+    Brute force over the allowed rows (read in place through the mask by the compiled scan, or
+    gathered for usearch's kernel). Chosen when the filter is selective enough that scanning the
+    candidates costs less than an HNSW search that would find ``k`` of them (below the
+    *crossover* selectivity, about 2-10 % depending on the number of rows and ``k``), for every
+    threshold query (HNSW cannot prove that it missed no row above the threshold), when
+    ``EXACT`` is asked for, and as the fallback of the approximate strategies.
 ``hnsw``
     Plain HNSW search when nothing is filtered out.
 ``hnsw-filtered``
-    HNSW search oversampled by ``k * oversample / selectivity``, the hits re-checked against the
+    With the compiled kernels: an HNSW search with the filter inside the graph (every node is
+    traversed, only allowed rows enter the result list), accepted unless the allowed rows it met
+    were much sparser than the selectivity predicts (a filter anti-correlated with the query) or
+    it spent the exact scan's predicted cost; then the exact scan answers. Without them: HNSW
+    search oversampled by ``k * oversample / selectivity``, the hits re-checked against the
     allowed rows, and widened (the count doubled) until ``k`` allowed hits are found within the
     first ``1 / margin`` of the list, or until one more round would cost more than the exact
-    scan, which then answers. So a top-k query returns ``k`` rows whenever ``k`` rows pass the
-    filter: never silently fewer.
+    scan, which then answers. Either way a top-k query returns ``k`` rows whenever ``k`` rows
+    pass the filter: never silently fewer.
 ``empty``
     No allowed row, ``k = 0``, or an empty index.
 
-Exact scans use usearch's SIMD cosine kernel on the float16 rows (``usearch.index.search(...,
-exact=True)``): numpy's float16 -> float32 conversion runs at about 2.7 ns per element on the
-2-core development machine (scalar code), 10x slower than the kernel itself, so a numpy matrix
-product over converted blocks loses by an order of magnitude. Every returned score is then
-recomputed in float64 with numpy from the stored float16 vector and the float32 query
-(``dot(x, q) / (|x| |q|)``, rounded to float32), so that results equal an independent numpy
-computation whatever strategy produced them, and ties are broken by key (smaller first). The
-kernel's scores (float16 query, float32 sums) are within :data:`KERNEL_EPS` of the exact ones;
-the exact strategies widen their candidate list until that bound proves that no unreturned row
-can enter the top-k (or pass the threshold).
+The compiled kernels (``engine/_vecscan.c``, an optional extension built by ``pip install``;
+``POPQL_VECSCAN=0`` or ``index.compiled = False`` turns them off) scan the float16 matrix in
+place (memory-mapped, no gather, AVX2/F16C when the CPU has them, 2 threads on large scans) and
+walk the HNSW graph as usearch saved it. Without them, exact scans use usearch's SIMD cosine
+kernel on the gathered float16 rows (``usearch.index.search(..., exact=True)``): numpy's float16
+-> float32 conversion runs at about 2.7 ns per element on the 2-core development machine
+(scalar code), 10x slower than the kernel itself, so a numpy matrix product over converted
+blocks loses by an order of magnitude. Every returned score is then recomputed in float64 with
+numpy from the stored float16 vector and the float32 query (``dot(x, q) / (|x| |q|)``, rounded
+to float32), so that results equal an independent numpy computation whatever strategy and code
+path produced them, and ties are broken by key (smaller first). The kernels' scores are within
+:func:`compiled_kernel_eps` (compiled) or :data:`KERNEL_EPS` (usearch: float16 query, float32
+sums) of the exact ones; the exact strategies widen their candidate list until that bound
+proves that no unreturned row can enter the top-k (or pass the threshold).
 
 Nothing here imports DataFusion; numpy and usearch are imported when this module is.
 """
@@ -84,6 +92,7 @@ __all__ = [
     "SearchResult",
     "VectorIndex",
     "combine_query",
+    "compiled_kernel_eps",
 ]
 
 #: Bound on |usearch kernel score - exact score| for unit-norm float16 vectors: the query is cast
