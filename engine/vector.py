@@ -74,7 +74,7 @@ def _load_vecscan() -> Any:
     if os.environ.get("POPQL_VECSCAN", "1") == "0":
         return None
     try:
-        from . import _vecscan as mod
+        from . import _vecscan as mod  # type: ignore[attr-defined]
     except ImportError:
         return None
     return mod
@@ -949,7 +949,12 @@ class VectorIndex:
         if self._graph_layout() is not None:
             ef_g = self._graph_ef(k, sel)
             est_graph = self.cost.graph(ef_g, sel)
-            common = dict(count=ef_g, crossover=cross, est_exact_us=est_exact, graph=True)
+            common: dict[str, Any] = {
+                "count": ef_g,
+                "crossover": cross,
+                "est_exact_us": est_exact,
+                "graph": True,
+            }
             if approximate:
                 return SearchPlan(
                     "hnsw-filtered",
@@ -1607,7 +1612,9 @@ class VectorIndex:
         rng = np.random.default_rng(1)
         tenth = rng.random(n) < 0.1
         ef = self.expansion_search
-        per_visit, v_all, v_tenth = [], [], []
+        per_visit: list[float] = []
+        v_all: list[float] = []
+        v_tenth: list[float] = []
         for q in qs:
             for mask, out in ((None, v_all), (tenth, v_tenth)):
                 st: dict[str, Any] = {}
