@@ -16,33 +16,41 @@ rows (the rows that pass the other predicates of the query: a bool mask aligned 
 Strategies (see :meth:`VectorIndex.plan`):
 
 ``exact``
-    Brute force over the allowed rows (gathered, or the whole matrix when nothing is filtered
-    out). Chosen when the filter is selective enough that scanning the candidates costs less
-    than an HNSW search that would find ``k`` of them (below the *crossover* selectivity, about
-    1-5 % depending on the number of rows and ``k``), for every threshold query (HNSW cannot
-    prove that it missed no row above the threshold), when ``EXACT`` is asked for, and as the
-    fallback of the approximate strategies.
+    Brute force over the allowed rows (read in place through the mask by the compiled scan, or
+    gathered for usearch's kernel). Chosen when the filter is selective enough that scanning the
+    candidates costs less than an HNSW search that would find ``k`` of them (below the
+    *crossover* selectivity, about 2-10 % depending on the number of rows and ``k``), for every
+    threshold query (HNSW cannot prove that it missed no row above the threshold), when
+    ``EXACT`` is asked for, and as the fallback of the approximate strategies.
 ``hnsw``
     Plain HNSW search when nothing is filtered out.
 ``hnsw-filtered``
-    HNSW search oversampled by ``k * oversample / selectivity``, the hits re-checked against the
+    With the compiled kernels: an HNSW search with the filter inside the graph (every node is
+    traversed, only allowed rows enter the result list), accepted unless the allowed rows it met
+    were much sparser than the selectivity predicts (a filter anti-correlated with the query) or
+    it spent the exact scan's predicted cost; then the exact scan answers. Without them: HNSW
+    search oversampled by ``k * oversample / selectivity``, the hits re-checked against the
     allowed rows, and widened (the count doubled) until ``k`` allowed hits are found within the
     first ``1 / margin`` of the list, or until one more round would cost more than the exact
-    scan, which then answers. So a top-k query returns ``k`` rows whenever ``k`` rows pass the
-    filter: never silently fewer.
+    scan, which then answers. Either way a top-k query returns ``k`` rows whenever ``k`` rows
+    pass the filter: never silently fewer.
 ``empty``
     No allowed row, ``k = 0``, or an empty index.
 
-Exact scans use usearch's SIMD cosine kernel on the float16 rows (``usearch.index.search(...,
-exact=True)``): numpy's float16 -> float32 conversion runs at about 2.7 ns per element on the
-2-core development machine (scalar code), 10x slower than the kernel itself, so a numpy matrix
-product over converted blocks loses by an order of magnitude. Every returned score is then
-recomputed in float64 with numpy from the stored float16 vector and the float32 query
-(``dot(x, q) / (|x| |q|)``, rounded to float32), so that results equal an independent numpy
-computation whatever strategy produced them, and ties are broken by key (smaller first). The
-kernel's scores (float16 query, float32 sums) are within :data:`KERNEL_EPS` of the exact ones;
-the exact strategies widen their candidate list until that bound proves that no unreturned row
-can enter the top-k (or pass the threshold).
+The compiled kernels (``engine/_vecscan.c``, an optional extension built by ``pip install``;
+``POPQL_VECSCAN=0`` or ``index.compiled = False`` turns them off) scan the float16 matrix in
+place (memory-mapped, no gather, AVX2/F16C when the CPU has them, 2 threads on large scans) and
+walk the HNSW graph as usearch saved it. Without them, exact scans use usearch's SIMD cosine
+kernel on the gathered float16 rows (``usearch.index.search(..., exact=True)``): numpy's float16
+-> float32 conversion runs at about 2.7 ns per element on the 2-core development machine
+(scalar code), 10x slower than the kernel itself, so a numpy matrix product over converted
+blocks loses by an order of magnitude. Every returned score is then recomputed in float64 with
+numpy from the stored float16 vector and the float32 query (``dot(x, q) / (|x| |q|)``, rounded
+to float32), so that results equal an independent numpy computation whatever strategy and code
+path produced them, and ties are broken by key (smaller first). The kernels' scores are within
+:func:`compiled_kernel_eps` (compiled) or :data:`KERNEL_EPS` (usearch: float16 query, float32
+sums) of the exact ones; the exact strategies widen their candidate list until that bound
+proves that no unreturned row can enter the top-k (or pass the threshold).
 
 Nothing here imports DataFusion; numpy and usearch are imported when this module is.
 """
@@ -59,6 +67,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+
+def _load_vecscan() -> Any:
+    """The optional compiled kernels (engine/_vecscan.c), or None when they were not built or
+    ``POPQL_VECSCAN=0`` is set (then usearch's kernel and post-filtered search are used)."""
+    if os.environ.get("POPQL_VECSCAN", "1") == "0":
+        return None
+    try:
+        from . import _vecscan as mod  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return mod
+
+
+_vecscan = _load_vecscan()
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
@@ -69,6 +92,7 @@ __all__ = [
     "SearchResult",
     "VectorIndex",
     "combine_query",
+    "compiled_kernel_eps",
 ]
 
 #: Bound on |usearch kernel score - exact score| for unit-norm float16 vectors: the query is cast
@@ -76,6 +100,16 @@ __all__ = [
 #: run in float32 (~1e-5 for 4096 dimensions). 4e-3 leaves a wide margin; it only costs a few
 #: more rows rescored.
 KERNEL_EPS = 1.5e-3
+
+
+def compiled_kernel_eps(dim: int) -> float:
+    """Bound on |compiled kernel score - exact score|: the kernel reads the float16 values
+    exactly, rounds the unit query to float32 (at most 2**-24 relative per component) and sums in
+    float32; the classic bound for n-term float32 sums is ``n * 2**-24`` relative to ``sum |x_i
+    q_i| <= |x| |q|``, for the dot product and the squared norm alike, so the cosine is off by
+    at most ``(1.5 n + 3) * 2**-24``. Three times that, plus 1e-5, is used."""
+    return 1e-5 + 3 * (1.5 * dim + 3) * 2.0**-24
+
 
 _STRATEGIES = ("exact", "hnsw", "hnsw-filtered", "empty")
 _USEARCH_DEFAULT_EF = 64
@@ -182,7 +216,20 @@ class CostModel:
     """Predicted latency of the strategies, in microseconds, for one query.
 
     Measured on the 2-core development machine (``benchmarks/bench_vector.py`` prints the
-    figures, :meth:`VectorIndex.calibrate` re-measures them for one index):
+    figures, :meth:`VectorIndex.calibrate` re-measures them for one index).
+
+    With the compiled kernels (``popql.engine._vecscan``):
+
+    * exact scan of ``m`` rows read in place: ``cscan_overhead_us + m * per_row``, where
+      ``per_row = cscan_us_per_row`` for rows scattered through the matrix (a filter: every row
+      touches its own pages) and ``cscan_dense_us_per_row`` for the whole matrix (sequential),
+      divided by ``threads`` above ``VectorIndex.parallel_rows_compiled`` rows;
+    * HNSW search with the filter inside the graph, ``ef`` allowed results, selectivity ``s``:
+      ``graph_overhead_us + graph_us_per_visit * visits`` with ``visits = ef *
+      (graph_visits_per_ef + graph_visits_per_ef_sel / s)`` distance computations (to collect
+      ``ef`` allowed rows the search walks about ``1 / s`` rows per allowed one).
+
+    Without them (usearch + numpy):
 
     * exact scan of ``m`` rows: ``exact_overhead_us + m * (scan_us_per_row + gather)``, where
       ``gather = gather_us_per_row`` when the allowed rows must first be copied out of the
@@ -197,13 +244,33 @@ class CostModel:
     exact_overhead_us: float = 60.0
     hnsw_us_per_count: float = 3.0
     hnsw_overhead_us: float = 60.0
+    cscan_us_per_row: float = 0.20
+    cscan_dense_us_per_row: float = 0.09
+    cscan_overhead_us: float = 25.0
+    graph_us_per_visit: float = 0.40
+    graph_overhead_us: float = 40.0
+    graph_visits_per_ef: float = 2.0
+    graph_visits_per_ef_sel: float = 4.0
 
-    def exact(self, rows: int, *, gathered: bool) -> float:
+    def exact(
+        self, rows: int, *, gathered: bool, compiled: bool = False, threads: int = 1
+    ) -> float:
+        if compiled:
+            per_row = self.cscan_us_per_row if gathered else self.cscan_dense_us_per_row
+            return self.cscan_overhead_us + rows * per_row / max(1, threads)
         per_row = self.scan_us_per_row + (self.gather_us_per_row if gathered else 0.0)
         return self.exact_overhead_us + rows * per_row
 
     def hnsw(self, count: int, ef: int) -> float:
         return self.hnsw_overhead_us + self.hnsw_us_per_count * max(count, ef)
+
+    def graph_visits(self, ef: int, selectivity: float) -> float:
+        return ef * (
+            self.graph_visits_per_ef + self.graph_visits_per_ef_sel / max(selectivity, 1e-9)
+        )
+
+    def graph(self, ef: int, selectivity: float) -> float:
+        return self.graph_overhead_us + self.graph_us_per_visit * self.graph_visits(ef, selectivity)
 
 
 @dataclass(frozen=True)
@@ -221,6 +288,8 @@ class SearchPlan:
     est_exact_us: float | None = None
     est_hnsw_us: float | None = None
     forced: bool = False  # approximate=True: no cost-based fall-back to an exact scan
+    graph: bool = False  # hnsw-filtered: the compiled search with the filter inside the graph
+    kernel: str = "usearch"  # "compiled" (engine/_vecscan.c) or "usearch" (+ numpy)
 
     @property
     def selectivity(self) -> float:
@@ -273,10 +342,29 @@ def _usearch() -> Any:
     return ui
 
 
-def _slot_layout(path: Path, meta: dict[str, Any]) -> tuple[int, int, np.ndarray] | None:
-    """Where the vectors of a saved usearch (2.x) dense index lie in its file, and the key of
-    each slot: ``(matrix_offset, rows, slot_keys)``, or None when the layout is not the one
-    understood here (then the caller copies the vectors out through usearch instead).
+@dataclass(frozen=True)
+class _Graph:
+    """The layout of a saved usearch (2.x) dense index, read in place by the compiled filtered
+    HNSW search: the file's bytes, where each slot's node starts, and the graph's header."""
+
+    raw: np.ndarray  # uint8: the whole file (memory-mapped) or a saved buffer
+    matrix_offset: int
+    rows: int
+    slot_keys: np.ndarray  # int64 key of each slot
+    starts: np.ndarray  # int64 byte offset of each slot's node
+    conn: int
+    conn_base: int
+    slot_bytes: int
+    max_level: int
+    entry: int
+
+
+def _parse_graph(
+    raw: np.ndarray, dim: int, *, rows_expected: int | None, slot_bytes_options: tuple[int, ...]
+) -> _Graph | None:
+    """Parse a saved usearch (2.x) dense index with float16 vectors included, or None when the
+    layout is not the one understood here (then callers copy the vectors out through usearch
+    and use usearch's own search).
 
     The file is ``[rows, bytes per row]`` (u32 each, u64 with 64-bit dimensions), the vectors in
     slot order, a 64-byte head, the HNSW header (size, connectivity, connectivity_base,
@@ -284,6 +372,62 @@ def _slot_layout(path: Path, meta: dict[str, Any]) -> tuple[int, int, np.ndarray
     key (u64), level (i16), and per level 0..L a neighbour count (u32) and the neighbours' slots
     (connectivity_base at level 0, connectivity above).
     """
+    size = len(raw)
+    for wide in (False, True):
+        head_t = np.uint64 if wide else np.uint32
+        offset = 16 if wide else 8
+        if size < offset:
+            return None
+        rows, row_bytes = (int(x) for x in np.frombuffer(raw[:offset].tobytes(), dtype=head_t))
+        if row_bytes == 2 * dim and (rows_expected is None or rows == rows_expected):
+            break
+    else:
+        return None
+    pos = offset + rows * row_bytes
+    if raw[pos : pos + 7].tobytes() != b"usearch":
+        return None
+    pos += 64
+    hdr = np.frombuffer(raw[pos : pos + 40].tobytes(), dtype=np.uint64)
+    if len(hdr) != 5 or int(hdr[0]) != rows:
+        return None
+    conn, conn_base, max_level, entry = (int(x) for x in hdr[1:5])
+    pos += 40
+    levels = np.frombuffer(raw[pos : pos + 2 * rows].tobytes(), dtype=np.int16).astype(np.int64)
+    if len(levels) != rows or (rows and (levels.min() < 0 or levels.max() > max_level)):
+        return None
+    if rows and not 0 <= entry < rows:
+        return None
+    pos += 2 * rows
+    for slot_bytes in slot_bytes_options:
+        node = 8 + 2 + (4 + conn_base * slot_bytes) + levels * (4 + conn * slot_bytes)
+        if pos + int(node.sum()) == size:
+            break
+    else:
+        return None
+    starts = pos + np.concatenate(([0], np.cumsum(node)[:-1])) if rows else np.zeros(0, np.int64)
+    starts = np.ascontiguousarray(starts, dtype=np.int64)
+    if rows:
+        idx = starts[:, None] + np.arange(8)[None, :]
+        slot_keys = np.ascontiguousarray(raw[idx]).view(np.int64).reshape(rows)
+        lv = np.ascontiguousarray(raw[(starts + 8)[:, None] + np.arange(2)[None, :]])
+        if not np.array_equal(lv.view(np.int16).reshape(rows).astype(np.int64), levels):
+            return None
+        # neighbour counts within bounds (a sample: the whole file was size-checked above)
+        probe = starts[:: max(1, rows // 256)]
+        cnt = np.ascontiguousarray(raw[(probe + 10)[:, None] + np.arange(4)[None, :]])
+        if np.any(cnt.view(np.uint32).reshape(-1) > conn_base):
+            return None
+    else:
+        slot_keys = np.zeros(0, np.int64)
+    return _Graph(
+        raw, offset, rows, slot_keys.copy(), starts, conn, conn_base, slot_bytes, max_level, entry
+    )
+
+
+def _slot_layout(path: Path, meta: dict[str, Any]) -> _Graph | None:
+    """The graph layout of a saved usearch file (see :func:`_parse_graph`), its bytes
+    memory-mapped, or None when usearch's metadata says it is not a dense f16 index whose
+    vectors are included and none deleted."""
     if not meta.get("matrix_included") or meta.get("count_deleted", 1) != 0:
         return None
     if str(getattr(meta.get("kind_scalar"), "name", "")) != "F16":
@@ -296,46 +440,10 @@ def _slot_layout(path: Path, meta: dict[str, Any]) -> tuple[int, int, np.ndarray
     if slot_bytes is None:
         return None
     dim = int(meta.get("dimensions", 0))
-    size = os.path.getsize(path)
-    wide = bool(meta.get("matrix_uses_64_bit_dimensions"))
-    head_t = np.uint64 if wide else np.uint32
-    offset = 16 if wide else 8
     raw = np.memmap(path, dtype=np.uint8, mode="r")
-    try:
-        rows, row_bytes = (int(x) for x in np.frombuffer(raw[:offset].tobytes(), dtype=head_t))
-        if row_bytes != 2 * dim or rows != int(meta.get("count_present", -1)):
-            return None
-        pos = offset + rows * row_bytes
-        if raw[pos : pos + 7].tobytes() != b"usearch":
-            return None
-        pos += 64
-        hdr = np.frombuffer(raw[pos : pos + 40].tobytes(), dtype=np.uint64)
-        if len(hdr) != 5 or int(hdr[0]) != rows:
-            return None
-        conn, conn_base = int(hdr[1]), int(hdr[2])
-        pos += 40
-        levels = np.frombuffer(raw[pos : pos + 2 * rows].tobytes(), dtype=np.int16).astype(np.int64)
-        if len(levels) != rows or (rows and levels.min() < 0):
-            return None
-        pos += 2 * rows
-        node = 8 + 2 + (4 + conn_base * slot_bytes) + levels * (4 + conn * slot_bytes)
-        starts = (
-            pos + np.concatenate(([0], np.cumsum(node)[:-1])) if rows else np.zeros(0, np.int64)
-        )
-        end = pos + int(node.sum())
-        if end != size:
-            return None
-        if rows:
-            idx = starts[:, None] + np.arange(8)[None, :]
-            slot_keys = np.ascontiguousarray(raw[idx]).view(np.int64).reshape(rows)
-            lv = np.ascontiguousarray(raw[(starts + 8)[:, None] + np.arange(2)[None, :]])
-            if not np.array_equal(lv.view(np.int16).reshape(rows).astype(np.int64), levels):
-                return None
-        else:
-            slot_keys = np.zeros(0, np.int64)
-        return offset, rows, slot_keys.copy()
-    finally:
-        del raw
+    return _parse_graph(
+        raw, dim, rows_expected=int(meta.get("count_present", -1)), slot_bytes_options=(slot_bytes,)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,6 +471,32 @@ class VectorIndex:
     pad: int = 16
     #: Exact scans of fewer rows run on one thread (starting usearch's workers costs ~0.2 ms).
     parallel_rows: int = 50_000
+    #: The compiled scan runs on ``threads`` threads from this many rows (a thread costs ~30 us).
+    parallel_rows_compiled: int = 32_768
+    #: The compiled HNSW search's result breadth: ``expansion_search`` (at least ``k + pad``),
+    #: doubled from ``graph_ef_double_rows`` rows when at least ``graph_ef_wide_sel`` of the
+    #: rows pass the filter, halved below that selectivity. Measured at 1M rows: a correlated
+    #: 50 % filter needed ef 256 for recall 0.978 (0.959 at 128); at 10 % the filter alone makes
+    #: the search walk ~10x more nodes, and ef 64 gave the recall of ef 128 (0.985 uncorrelated,
+    #: 0.977 correlated) in 40-70 % of the time (ef 32: correlated recall 0.943). At 100k ef 128
+    #: sufficed everywhere.
+    graph_ef_double_rows: int = 500_000
+    graph_ef_wide_sel: float = 0.25
+    #: The compiled filtered HNSW search is trusted when the allowed rows it met are at least this
+    #: fraction as dense as the filter's selectivity predicts; sparser means a filter
+    #: anti-correlated with the query, where a search with the filter inside the graph settles
+    #: in the first allowed region it reaches (recall 0.88 measured at 1M), so the exact scan
+    #: answers instead.
+    min_density: float = 0.5
+    #: Breadth of the compiled search on the graph's upper levels (1 is usearch's greedy descent):
+    #: a few candidates per level keep queries whose greedy path ends in a poor region from
+    #: being stuck there.
+    graph_ef_upper: int = 4
+    #: Unfiltered top-k queries also run the compiled graph search (else usearch's own).
+    graph_unfiltered: bool = True
+    #: In-memory indexes up to this many rows are serialised once (usearch's save to a buffer) so
+    #: that the compiled filtered search can read their graph; restored files are read in place.
+    graph_copy_max_rows: int = 200_000
 
     def __init__(
         self,
@@ -385,6 +519,13 @@ class VectorIndex:
         self._sorted: tuple[np.ndarray, np.ndarray] | None = None
         self._crossover_memo: tuple[tuple, float] | None = None
         self._lock = threading.Lock()
+        #: Use the compiled kernels (``popql.engine._vecscan``) when they are built; False: the
+        #: pure usearch + numpy path (what a machine without a C compiler runs).
+        self.compiled = _vecscan is not None
+        # The usearch graph as laid out in its file, for the compiled filtered HNSW search:
+        # parsed by restore(), or lazily from a saved buffer (None: not parsed yet, False: the
+        # layout is not understood or the index changed since).
+        self._graph: _Graph | bool | None = None
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -495,7 +636,7 @@ class VectorIndex:
         layout = _slot_layout(p, meta) if meta else None
         matrix: np.ndarray | None = None
         if layout is not None:
-            offset, rows, slot_keys = layout
+            offset, rows, slot_keys = layout.matrix_offset, layout.rows, layout.slot_keys
             if rows:
                 mm = np.memmap(p, dtype=np.float16, mode="r", offset=offset, shape=(rows, dim))
                 matrix = mm if view else np.array(mm)
@@ -509,6 +650,7 @@ class VectorIndex:
                 ).reshape(len(probe), dim)
                 if not np.array_equal(got, np.asarray(matrix[probe])):
                     matrix = None  # not the layout assumed: copy through usearch below
+                    layout = None
         if matrix is None:
             k = np.asarray(hnsw.keys, dtype=np.uint64).view(np.int64)
             matrix = (
@@ -518,7 +660,10 @@ class VectorIndex:
                 if len(k)
                 else np.zeros((0, dim), np.float16)
             )
-        return cls(k, matrix, hnsw, path=p if view else None, threads=threads, cost=cost)
+        index = cls(k, matrix, hnsw, path=p if view else None, threads=threads, cost=cost)
+        if layout is not None:
+            index._graph = layout
+        return index
 
     @classmethod
     def from_snapshot(cls, snapshot: Any, embedder_key: str, **options: Any) -> VectorIndex:
@@ -594,12 +739,21 @@ class VectorIndex:
 
     def memory_usage(self) -> dict[str, int]:
         """Bytes held: ``matrix`` (float16 vectors), ``keys``, ``hnsw`` (usearch's own figure:
-        its graph and its copy of the vectors; memory-mapped pages when restored as a view)."""
+        its graph and its copy of the vectors; memory-mapped pages when restored as a view),
+        ``graph`` (the compiled search's node offsets, 8 bytes per vector, plus, for an
+        in-memory index, the saved copy of the graph it reads)."""
+        g = self._graph if isinstance(self._graph, _Graph) else None
+        graph = 0
+        if g is not None:
+            graph = int(g.starts.nbytes)  # slot_keys is the keys array itself
+            if not isinstance(g.raw, np.memmap):
+                graph += int(g.raw.nbytes)
         return {
             "matrix": int(self._matrix.nbytes),
             # the keys, plus a sorted copy and its order once a key lookup needed them
             "keys": int(self._keys.nbytes) * (3 if self._sorted is not None else 1),
             "hnsw": int(self._hnsw.memory_usage),
+            "graph": graph,
         }
 
     # -- keys <-> rows --------------------------------------------------------------------------
@@ -665,24 +819,32 @@ class VectorIndex:
 
     def crossover(self, k: int, *, rows: int | None = None) -> float:
         """The selectivity below which an exact scan over the allowed rows is predicted to be
-        faster than an oversampled HNSW search for a top-``k`` query (cost model)."""
+        faster than an HNSW search that finds ``k`` of them (cost model): with the compiled
+        kernels, the in-place scan against the search with the filter inside the graph; else the
+        gathered usearch scan against the oversampled post-filtered search."""
         n = len(self) if rows is None else rows
         if n <= 0 or k <= 0:
             return 0.0
-        memo = (k, n, self.expansion_search, self.oversample, repr(self.cost))
+        graph = self._graph_layout() is not None
+        memo = (k, n, graph, self.expansion_search, self.oversample, repr(self.cost), self.threads)
         if self._crossover_memo is not None and self._crossover_memo[0] == memo:
             return self._crossover_memo[1]
-        value = self._crossover(k, n)
+        value = self._crossover(k, n, graph)
         self._crossover_memo = (memo, value)
         return value
 
-    def _crossover(self, k: int, n: int) -> float:
+    def _crossover(self, k: int, n: int, graph: bool = False) -> float:
         ef = self.expansion_search
 
         def exact_wins(sel: float) -> bool:
-            m = sel * n
+            m = int(sel * n)
+            if graph:
+                exact = self.cost.exact(
+                    m, gathered=True, compiled=True, threads=self._scan_threads(m)
+                )
+                return exact <= self.cost.graph(self._graph_ef(k, sel, n), sel)
             count = min(n, max(k, math.ceil(k * self.oversample / sel)))
-            return self.cost.exact(int(m), gathered=True) <= self.cost.hnsw(count, ef)
+            return self.cost.exact(m, gathered=True) <= self.cost.hnsw(count, ef)
 
         if exact_wins(1.0):
             return 1.0
@@ -727,7 +889,11 @@ class VectorIndex:
                 else ("no row passes the filter" if m == 0 else "k = 0 asks for no row")
             )
             return SearchPlan("empty", why, **base)
-        est_exact = self.cost.exact(m, gathered=filtered)
+        compiled = self._use_compiled()
+        base["kernel"] = "compiled" if compiled else "usearch"
+        est_exact = self.cost.exact(
+            m, gathered=filtered, compiled=compiled, threads=self._scan_threads(m)
+        )
         if exact:
             return SearchPlan(
                 "exact",
@@ -753,6 +919,19 @@ class VectorIndex:
                 **base,
             )
         ef = self.expansion_search
+        if not filtered and self.graph_unfiltered and self._graph_layout() is not None:
+            ef_g = self._graph_ef(k)
+            return SearchPlan(
+                "hnsw",
+                f"no filter: HNSW search for the top {_fmt_int(k)} of {_fmt_int(n)} rows "
+                f"(ef {ef_g})",
+                count=ef_g,
+                est_exact_us=est_exact,
+                est_hnsw_us=self.cost.graph(ef_g, 1.0),
+                graph=True,
+                forced=True,
+                **base,
+            )
         if not filtered:
             est = self.cost.hnsw(k, ef)
             return SearchPlan(
@@ -765,10 +944,50 @@ class VectorIndex:
                 **base,
             )
         sel = m / n
-        count = min(n, max(k, math.ceil(k * self.oversample / sel)))
-        est_hnsw = self.cost.hnsw(count, ef)
         cross = self.crossover(k)
         where = f"{_fmt_int(m)} candidates ({_fmt_pct(sel)} of {_fmt_int(n)})"
+        if self._graph_layout() is not None:
+            ef_g = self._graph_ef(k, sel)
+            est_graph = self.cost.graph(ef_g, sel)
+            common: dict[str, Any] = {
+                "count": ef_g,
+                "crossover": cross,
+                "est_exact_us": est_exact,
+                "graph": True,
+            }
+            if approximate:
+                return SearchPlan(
+                    "hnsw-filtered",
+                    f"approximate search requested over {where}: HNSW search with the filter "
+                    f"inside the graph (ef {ef_g})",
+                    est_hnsw_us=est_graph,
+                    forced=True,
+                    **common,
+                    **base,
+                )
+            if est_exact <= est_graph:
+                return SearchPlan(
+                    "exact",
+                    f"exact scan over {where}: below the {_fmt_pct(cross)} crossover for k = {k} "
+                    f"(predicted {_fmt_ms(est_exact)} vs HNSW {_fmt_ms(est_graph)})",
+                    crossover=cross,
+                    est_exact_us=est_exact,
+                    est_hnsw_us=est_graph,
+                    **base,
+                )
+            return SearchPlan(
+                "hnsw-filtered",
+                f"HNSW search over {where} with the filter inside the graph (ef {ef_g}): above "
+                f"the {_fmt_pct(cross)} crossover for k = {k} (predicted {_fmt_ms(est_graph)} vs "
+                f"exact {_fmt_ms(est_exact)}); exact scan instead if the allowed rows near the "
+                "query are much sparser than the selectivity or the search costs more than the "
+                "scan",
+                est_hnsw_us=est_graph,
+                **common,
+                **base,
+            )
+        count = min(n, max(k, math.ceil(k * self.oversample / sel)))
+        est_hnsw = self.cost.hnsw(count, ef)
         if approximate:
             return SearchPlan(
                 "hnsw-filtered",
@@ -879,6 +1098,224 @@ class VectorIndex:
         """Indices sorting by score descending, then key ascending."""
         return np.lexsort((self._keys[rows], -scores.astype(np.float64)))
 
+    # -- the compiled kernels ---------------------------------------------------------------------
+
+    def _use_compiled(self) -> bool:
+        """Whether searches run the compiled kernels (built, enabled, and a float16 C-contiguous
+        matrix to read in place)."""
+        return (
+            self.compiled
+            and _vecscan is not None
+            and self._matrix.dtype == np.float16
+            and bool(self._matrix.flags.c_contiguous)
+            and len(self._keys) > 0
+        )
+
+    def _scan_threads(self, rows: int) -> int:
+        if rows < self.parallel_rows_compiled:
+            return 1
+        return max(1, self.threads or os.cpu_count() or 1)
+
+    def _graph_layout(self) -> _Graph | None:
+        """The HNSW graph as saved by usearch, for the compiled filtered search: the restored
+        file read in place, or (small in-memory indexes) a buffer saved once; None when the
+        layout is not understood (then the post-filtered usearch search is used)."""
+        if not self._use_compiled():
+            return None
+        g = self._graph
+        if g is None:
+            g = False
+            if len(self) <= self.graph_copy_max_rows:
+                try:
+                    buf = self._hnsw.save()
+                except (RuntimeError, ValueError, OSError):  # pragma: no cover - defensive
+                    buf = None
+                if buf is not None:
+                    raw = np.frombuffer(buf, dtype=np.uint8)
+                    parsed = _parse_graph(
+                        raw, self.dim, rows_expected=len(self), slot_bytes_options=(4, 5)
+                    )
+                    if parsed is not None and np.array_equal(parsed.slot_keys, self._keys):
+                        g = replace(parsed, slot_keys=self._keys)
+            self._graph = g
+        return g if isinstance(g, _Graph) else None
+
+    def _graph_ef(self, k: int, selectivity: float = 1.0, rows: int | None = None) -> int:
+        n = len(self) if rows is None else rows
+        ef = self.expansion_search
+        if selectivity < self.graph_ef_wide_sel:
+            ef //= 2
+        elif n >= self.graph_ef_double_rows:
+            ef *= 2
+        return max(ef, k + min(self.pad, k))
+
+    def _cscan(
+        self,
+        mask: np.ndarray | None,
+        q32: np.ndarray,
+        count: int,
+        threshold: float,
+        m: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The compiled in-place scan: (rows, kernel scores), the ``count`` best (best first),
+        or with ``count = 0`` every row whose kernel score reaches ``threshold``."""
+        assert _vecscan is not None
+        if mask is None:
+            mode, sel = 0, None
+        else:
+            mode, sel = 2, np.ascontiguousarray(mask).view(np.uint8)
+        cap = max(1, count if count else m)
+        out_rows = np.empty(cap, np.int64)
+        out_scores = np.empty(cap, np.float32)
+        written = _vecscan.scan(
+            self._matrix,
+            self.dim,
+            sel,
+            mode,
+            q32,
+            int(count),
+            float(threshold),
+            out_rows,
+            out_scores,
+            self._scan_threads(m),
+        )
+        return out_rows[:written], out_scores[:written]
+
+    def _exact_compiled(
+        self,
+        q: np.ndarray,
+        mask: np.ndarray | None,
+        k: int | None,
+        threshold: float | None,
+        stats: dict[str, Any],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        t0 = time.perf_counter()
+        if mask is None:
+            m = len(self)
+        elif isinstance(stats.get("allowed"), int):
+            m = stats["allowed"]  # counted by search() already
+        else:
+            m = int(np.count_nonzero(mask))
+        stats["exact_rows_scanned"] = stats.get("exact_rows_scanned", 0) + m
+        stats["kernel"] = "compiled"
+        if m == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        q32 = np.ascontiguousarray(q, dtype=np.float32)
+        eps = compiled_kernel_eps(self.dim)
+        if k is None:
+            assert threshold is not None
+            cand, _ = self._cscan(mask, q32, 0, threshold - eps, m)
+            scores = self._rescore(cand, q)
+            keep = scores >= threshold
+            cand, scores = cand[keep], scores[keep]
+            order = self._order(cand, scores)
+            stats["rescored"] = stats.get("rescored", 0) + len(keep)
+            stats["exact_ms"] = (time.perf_counter() - t0) * 1000
+            return self._keys[cand[order]], scores[order]
+        count = min(m, k + self.pad)
+        rounds = 0
+        while True:
+            rounds += 1
+            cand, ks = self._cscan(mask, q32, count, 0.0, m)
+            scores = self._rescore(cand, q)
+            bound = float(ks[-1]) + eps  # best exact score of a row left out
+            order = self._order(cand, scores)
+            cand, scores = cand[order], scores[order]
+            stats["rescored"] = stats.get("rescored", 0) + len(cand)
+            if threshold is not None:
+                keep = scores >= threshold
+                cand, scores = cand[keep], scores[keep]
+            complete = count >= m  # every allowed row was rescored
+            if not complete:
+                if len(scores) >= k and float(scores[k - 1]) > bound:
+                    complete = True
+                elif threshold is not None and len(scores) < k and threshold > bound:
+                    complete = True  # nothing left out can reach the threshold
+            if complete:
+                break
+            count = min(m, count * 4)
+        stats["exact_rounds"] = rounds
+        stats["exact_ms"] = (time.perf_counter() - t0) * 1000
+        return self._keys[cand[:k]], scores[:k]
+
+    def _graph_filtered(
+        self,
+        q: np.ndarray,
+        mask: np.ndarray | None,
+        m: int,
+        k: int,
+        plan: SearchPlan,
+        stats: dict[str, Any],
+    ) -> tuple[np.ndarray, np.ndarray, str, str]:
+        """The compiled HNSW search with the filter inside the graph, checked, else exact."""
+        assert _vecscan is not None
+        g = self._graph_layout()
+        assert g is not None
+        n = len(self)
+        ef = max(plan.count, k)
+        sel = m / n
+        if plan.forced or plan.est_exact_us is None:
+            max_visits = n + 1
+        else:
+            budget = plan.est_exact_us - self.cost.graph_overhead_us
+            max_visits = max(ef, int(budget / max(self.cost.graph_us_per_visit, 1e-6)))
+        q32 = np.ascontiguousarray(q, dtype=np.float32)
+        out_rows = np.empty(ef, np.int64)
+        out_scores = np.empty(ef, np.float32)
+        t0 = time.perf_counter()
+        written, visits, exhausted, seen, _first = _vecscan.hnsw(
+            g.raw,
+            g.starts,
+            self._matrix,
+            self.dim,
+            g.conn,
+            g.conn_base,
+            g.slot_bytes,
+            g.max_level,
+            g.entry,
+            None if mask is None else np.ascontiguousarray(mask).view(np.uint8),
+            q32,
+            ef,
+            self.graph_ef_upper,
+            max_visits,
+            out_rows,
+            out_scores,
+        )
+        density = (seen / visits) / sel if visits else 0.0
+        stats.update(
+            graph_ms=(time.perf_counter() - t0) * 1000,
+            graph_visits=visits,
+            graph_allowed_seen=seen,
+            graph_density=density,
+            kernel="compiled",
+        )
+        why = ""
+        if written < k:
+            why = f"found {written} allowed rows (k = {k}) before running out of graph"
+            if exhausted:
+                why = (
+                    f"found {written} allowed rows (k = {k}) within {_fmt_int(visits)} "
+                    "distances, the exact scan's cost"
+                )
+        elif exhausted and not plan.forced:
+            why = f"needed more than {_fmt_int(visits)} distances, the exact scan's cost"
+        elif density < self.min_density and not plan.forced:
+            why = (
+                f"met the allowed rows {1 / max(density, 1e-9):.1f}x sparser near the query than "
+                f"the filter's {_fmt_pct(sel)} (a filter anti-correlated with the query)"
+            )
+        if not why:
+            take = out_rows[: min(written, k + min(self.pad, k))]
+            scores = self._rescore(take, q)
+            o = self._order(take, scores)
+            take, scores = take[o][:k], scores[o][:k]
+            return self._keys[take], scores, plan.strategy, plan.reason
+        keys, scores = self._exact(q, mask, k, None, stats)
+        reason = (
+            f"{plan.reason}; the graph search {why}, so exact scan over {_fmt_int(m)} candidates"
+        )
+        return keys, scores, "exact", reason
+
     def _kernel(
         self, data: np.ndarray, q16: np.ndarray, count: int
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -899,6 +1336,8 @@ class VectorIndex:
         threshold: float | None,
         stats: dict[str, Any],
     ) -> tuple[np.ndarray, np.ndarray]:
+        if self._use_compiled():
+            return self._exact_compiled(q, mask, k, threshold, stats)
         t0 = time.perf_counter()
         if mask is None:
             rows_all: np.ndarray | None = None
@@ -967,6 +1406,8 @@ class VectorIndex:
         stats: dict[str, Any],
     ) -> tuple[np.ndarray, np.ndarray, str, str]:
         assert k is not None
+        if plan.graph:
+            return self._graph_filtered(q, mask, m, k, plan, stats)
         n = len(self)
         ef = self.expansion_search
         q16 = q.astype(np.float16)
@@ -1064,6 +1505,8 @@ class VectorIndex:
         self._keys = np.concatenate([self._keys, k])
         self._matrix = np.concatenate([np.asarray(self._matrix), v16])
         self._sorted = None
+        self._graph = None
+        self._crossover_memo = None
 
     def remove(self, keys: Any) -> int:
         """Remove the given keys (unknown ones are ignored); returns how many were removed."""
@@ -1078,6 +1521,8 @@ class VectorIndex:
         self._keys = self._keys[keep]
         self._matrix = np.asarray(self._matrix)[keep]
         self._sorted = None
+        self._graph = None
+        self._crossover_memo = None
         return len(rows)
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -1125,15 +1570,66 @@ class VectorIndex:
                 per.append(timed(lambda qq=qq, c=c: self._hnsw.search(qq, c, threads=1)))
             hn.append(float(np.median(per)))
         slope = max(0.01, (hn[1] - hn[0]) / (counts[1] - counts[0]))
-        self.cost = CostModel(
+        cost = CostModel(
             scan_us_per_row=max(1e-4, (scan - small) / max(1, m - 256)),
             gather_us_per_row=max(1e-4, gather / m),
             exact_overhead_us=max(1.0, small),
             hnsw_us_per_count=slope,
             hnsw_overhead_us=max(1.0, hn[0] - slope * counts[0]),
         )
+        if self._use_compiled():
+            self._calibrate_compiled(cost, rows, qs, timed, k)
+        self.cost = cost
         self._crossover_memo = None
         return self.cost
+
+    def _calibrate_compiled(
+        self, cost: CostModel, rows: np.ndarray, qs: list[np.ndarray], timed: Any, k: int
+    ) -> None:
+        """The compiled kernels' constants: the scan per scattered and per sequential row (one
+        thread), and the filtered graph search's time per distance and distances per ef."""
+        n, m = len(self), len(rows)
+        q32 = np.asarray(qs[0], np.float32)
+        scattered = np.zeros(n, bool)
+        scattered[rows] = True
+        few = np.zeros(n, bool)
+        few[rows[:256]] = True
+        dense = np.zeros(n, bool)
+        dense[:m] = True
+        saved = self.parallel_rows_compiled
+        self.parallel_rows_compiled = n + 1  # one thread, as the model counts
+        try:
+            t_scat = timed(lambda: self._cscan(scattered, q32, k + self.pad, 0.0, m))
+            t_few = timed(lambda: self._cscan(few, q32, k + self.pad, 0.0, 256))
+            t_dense = timed(lambda: self._cscan(dense, q32, k + self.pad, 0.0, m))
+        finally:
+            self.parallel_rows_compiled = saved
+        cost.cscan_us_per_row = max(1e-4, (t_scat - t_few) / max(1, m - 256))
+        cost.cscan_dense_us_per_row = max(1e-4, (t_dense - t_few) / max(1, m - 256))
+        cost.cscan_overhead_us = max(1.0, t_few - 256 * cost.cscan_us_per_row)
+        if self._graph_layout() is None:
+            return
+        rng = np.random.default_rng(1)
+        tenth = rng.random(n) < 0.1
+        ef = self.expansion_search
+        per_visit: list[float] = []
+        v_all: list[float] = []
+        v_tenth: list[float] = []
+        for q in qs:
+            for mask, out in ((None, v_all), (tenth, v_tenth)):
+                st: dict[str, Any] = {}
+                plan = SearchPlan(
+                    "hnsw-filtered", "", n, n, k, None, count=ef, forced=True, graph=True
+                )
+                self._graph_filtered(q, mask, n if mask is None else int(tenth.sum()), k, plan, st)
+                per_visit.append(st["graph_ms"] * 1000 / max(1, st["graph_visits"]))
+                out.append(st["graph_visits"] / ef)
+        # visits / ef = a + b / s, from s = 1 and s = 0.1
+        a_plus_b, a_plus_10b = float(np.median(v_all)), float(np.median(v_tenth))
+        b = max(0.1, (a_plus_10b - a_plus_b) / 9)
+        cost.graph_visits_per_ef_sel = b
+        cost.graph_visits_per_ef = max(0.0, a_plus_b - b)
+        cost.graph_us_per_visit = max(1e-3, float(np.median(per_visit)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -194,15 +194,18 @@ def test_order_by_score_with_limit_is_top_k(session, truth, embedder) -> None:
 
 def test_not_and_or(session, truth, embedder) -> None:
     top10, _ = brute_force(truth, text_vector(embedder, SNEAKER), k=10)
-    rest = rows(session, f"SELECT sample_id FROM samples WHERE NOT SIMILAR TO '{SNEAKER}' TOP 10")
+    rest = rows(
+        session, f"SELECT sample_id FROM samples WHERE NOT SIMILAR TO '{SNEAKER}' TOP 10 EXACT"
+    )
     assert len(rest) == N - 10 and not {r["sample_id"] for r in rest} & set(top10)
     same = rows(
-        session, f"SELECT sample_id FROM samples WHERE image NOT SIMILAR TO '{SNEAKER}' TOP 10"
+        session,
+        f"SELECT sample_id FROM samples WHERE image NOT SIMILAR TO '{SNEAKER}' TOP 10 EXACT",
     )
     assert {r["sample_id"] for r in same} == {r["sample_id"] for r in rest}
     either = rows(
         session,
-        f"SELECT sample_id FROM samples WHERE label = 'bag' OR SIMILAR TO '{SNEAKER}' TOP 10",
+        f"SELECT sample_id FROM samples WHERE label = 'bag' OR SIMILAR TO '{SNEAKER}' TOP 10 EXACT",
     )
     bags = {i for i, lab in zip(truth["ids"], truth["labels"], strict=True) if lab == "bag"}
     assert {r["sample_id"] for r in either} == bags | set(top10)
@@ -442,8 +445,8 @@ def test_membership_as_a_column_and_under_or(session, truth, embedder) -> None:
     top60, _ = brute_force(truth, text_vector(embedder, SNEAKER), k=60)
     for k, inline in ((60, True), (1500, False)):  # small results are inlined as IN lists
         got = session.sql(
-            f"SELECT sample_id, image SIMILAR TO '{SNEAKER}' TOP {k} AS hit,"
-            f" CASE WHEN NEAR '{SNEAKER}' TOP {k} THEN 'yes' ELSE 'no' END AS word"
+            f"SELECT sample_id, image SIMILAR TO '{SNEAKER}' TOP {k} EXACT AS hit,"
+            f" CASE WHEN NEAR '{SNEAKER}' TOP {k} EXACT THEN 'yes' ELSE 'no' END AS word"
             " FROM samples ORDER BY sample_id"
         ).to_arrow()
         hits = [
