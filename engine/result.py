@@ -405,3 +405,29 @@ def format_table(
     if row_count:
         out.append(_row_count_line(total, shown))
     return "\n".join(out)
+
+
+def json_value(value: Any) -> Any:
+    """A JSON-ready version of a Python value read from Arrow (``to_pylist``): NaN and
+    infinities become None, decimals strings, dates ISO text, durations seconds, bytes hex, and
+    a map (a list of key/value pairs) an object. Used by the CLI's JSON output, the REPL and
+    the web view."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, _dt.datetime | _dt.date | _dt.time):
+        return value.isoformat()
+    if isinstance(value, _dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    if isinstance(value, dict):
+        return {str(k): json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        if value and all(isinstance(v, tuple) and len(v) == 2 for v in value):
+            return {str(k): json_value(v) for k, v in value}
+        return [json_value(v) for v in value]
+    return str(value)

@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import csv
 import datetime as _dt
-import decimal
 import difflib
 import json
 import os
@@ -711,26 +710,10 @@ def _table_text(result: Result) -> str:
 
 
 def _plain(value: Any) -> Any:
-    """A JSON-ready version of an Arrow value."""
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        return value if value == value and value not in (float("inf"), float("-inf")) else None
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    if isinstance(value, _dt.datetime | _dt.date | _dt.time):
-        return value.isoformat()
-    if isinstance(value, _dt.timedelta):
-        return value.total_seconds()
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value).hex()
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        if value and all(isinstance(v, tuple) and len(v) == 2 for v in value):
-            return {str(k): _plain(v) for k, v in value}
-        return [_plain(v) for v in value]
-    return str(value)
+    """A JSON-ready version of an Arrow value (see :func:`popql.engine.result.json_value`)."""
+    from popql.engine.result import json_value
+
+    return json_value(value)
 
 
 def _csv_cell(value: Any) -> Any:

@@ -7,7 +7,6 @@ dataset-fashion-mnist`` (idx files in /usr/share/datasets/fashion-mnist) or
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import re
@@ -19,6 +18,7 @@ pytest.importorskip("torch")
 pytest.importorskip("open_clip")
 
 import numpy as np
+from fmnist_data import training_module
 from PIL import Image
 
 from popql.engine.embedders import (
@@ -33,17 +33,7 @@ CHECKPOINT = ROOT / "models" / "fmnist-clip"
 N_TEST = 1000
 
 
-def _training_module():
-    spec = importlib.util.spec_from_file_location(
-        "train_fmnist_clip", ROOT / "models" / "train_fmnist_clip.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-T = _training_module()
+T = training_module()
 
 
 @pytest.fixture(scope="module")

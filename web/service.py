@@ -19,8 +19,6 @@ popql.diagnostics.PopQLError: ...W001...
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
-import decimal
 import hashlib
 import os
 import re
@@ -36,6 +34,7 @@ import pyarrow as pa
 
 from popql import ast as A
 from popql.diagnostics import Diagnostic, PopQLError, render
+from popql.engine.result import json_value
 
 from .policy import image_path_refusal, refusal
 
@@ -138,23 +137,7 @@ def create_population_statement(name: str, query: str, description: str | None =
 
 def jsonable(value: Any) -> Any:
     """A JSON-ready version of an Arrow value (NaN and infinities become None)."""
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        return value if value == value and value not in (float("inf"), float("-inf")) else None
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    if isinstance(value, _dt.datetime | _dt.date | _dt.time):
-        return value.isoformat()
-    if isinstance(value, _dt.timedelta):
-        return value.total_seconds()
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value).hex()
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    return str(value)
+    return json_value(value)
 
 
 def _rows(table: pa.Table) -> list[list[Any]]:
