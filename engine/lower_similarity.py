@@ -96,7 +96,8 @@ class SelectContext:
     phase: str = "from"  # "from", "where", "post"
     conds: list[A.Expr] = field(default_factory=list)  # lowered WHERE conjuncts so far
     where_complete: bool = False  # conds is the whole WHERE clause (post phase)
-    top_member: bool = False  # the node being visited is a top-level WHERE conjunct
+    # the node being visited is a top-level WHERE conjunct: True, or "negated" under NOT (...)
+    top_member: bool | str = False
     results: dict[tuple[Any, ...], tuple[Relation, SearchOutcome]] = field(default_factory=dict)
     scores: dict[tuple[Any, ...], SearchOutcome] = field(default_factory=dict)
     from_scope: Scope | None = None  # the lowered FROM clause, when lowering changed it
@@ -171,7 +172,8 @@ def _lower_where(lw: _Lowering, ctx: SelectContext, where: A.Expr, scope: Scope)
         for i, c in enumerate(conjuncts):
             if kinds[i] != wanted:
                 continue
-            ctx.top_member = wanted == "member"
+            if wanted == "member":
+                ctx.top_member = "negated" if isinstance(c, A.Not) else True
             try:
                 out[i] = lw.visit(c, scope)
             finally:
@@ -333,7 +335,9 @@ def _lower_membership(
     construct: str,
 ) -> A.Expr:
     ctx = lw.selects[-1] if lw.selects else None
-    top = ctx is not None and ctx.top_member
+    top = ctx is not None and bool(ctx.top_member)
+    # a member of the result (not NOT x SIMILAR TO, not NOT (x SIMILAR TO ...))
+    positive = not negated and not (ctx is not None and ctx.top_member == "negated")
     if ctx is not None:
         ctx.top_member = False  # only this node, not searches nested inside it
     using = options.using
@@ -341,13 +345,7 @@ def _lower_membership(
     k = _parse_k(options.top_k, node)
     threshold = _parse_threshold(options.threshold, node)
     if k is None and threshold is None:
-        if (
-            ctx is not None
-            and top
-            and not negated
-            and ctx.order is not None
-            and ctx.order_key == key
-        ):
+        if ctx is not None and top and positive and ctx.order is not None and ctx.order_key == key:
             k = ctx.order.k
         else:
             raise PopQLError(
@@ -377,7 +375,7 @@ def _lower_membership(
         filtered=top,
         construct=construct,
     )
-    if ctx is not None and top and not negated:
+    if ctx is not None and top and positive:
         ctx.results[key] = (rel, outcome)
     return _member(rel, outcome, negated, top)
 

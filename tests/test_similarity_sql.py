@@ -490,3 +490,19 @@ def test_population_by_similarity_evaluated_against_sklearn(tmp_path: Path, data
     assert got["accuracy_lo"] < got["accuracy"] < got["accuracy_hi"]
     verdict = s.sql("EXPECT accuracy >= 0.95 ON sneaker_like FOR MODEL clf").to_pylist()[0]
     assert verdict["status"] in ("fail", "inconclusive") and want < 0.95
+
+
+def test_scores_of_rows_outside_a_negated_search(session, truth, embedder) -> None:
+    # NOT (...) and NOT SIMILAR TO keep the rows outside the top 10: their scores are real,
+    # and ORDER BY ... LIMIT ranks among them
+    ids, scores = brute_force(truth, text_vector(embedder, SNEAKER), k=13)
+    for negation in (
+        f"NOT SIMILAR TO '{SNEAKER}' TOP 10 EXACT",
+        f"NOT (image SIMILAR TO '{SNEAKER}' TOP 10 EXACT)",
+    ):
+        got = session.sql(
+            f"SELECT sample_id, SIMILARITY('{SNEAKER}') AS s FROM samples WHERE {negation}"
+            " ORDER BY s DESC LIMIT 3"
+        ).to_arrow()
+        assert got.column("sample_id").to_pylist() == ids[10:13], negation
+        assert np.allclose(got.column("s").to_numpy(), scores[10:13], atol=1e-6)
