@@ -19,8 +19,8 @@ PopQL                                  DataFusion SQL
 ``ALL(dets WHERE p)``                  ``popql_count_<hash>(dets) = cardinality(dets)``
 ``text_col SIMILAR TO 'pat'``          unchanged: SQL's regular-expression match
 ``FROM t AS OF VERSION 3``             ``FROM "t@v3" AS t`` (the dataset snapshot, registered)
-``image SIMILAR TO 'text' ...``,       diagnostic X001 (executed by the similarity-search
-``NEAR ...``, ``SIMILARITY(...)``      release), pointing at the construct
+``image SIMILAR TO 'text' TOP k``,     a search run while lowering, its matches registered as
+``NEAR ...``, ``SIMILARITY(...)``      a table and a score UDF: see ``lower_similarity.py``
 populations, evaluation statements    X002 here: a session executes them (``engine/commands.py``)
 =====================================  =========================================================
 """
