@@ -61,6 +61,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -1205,38 +1206,13 @@ class VectorIndex:
         if k is None:
             assert threshold is not None
             cand, _ = self._cscan(mask, q32, 0, threshold - eps, m)
-            scores = self._rescore(cand, q)
-            keep = scores >= threshold
-            cand, scores = cand[keep], scores[keep]
-            order = self._order(cand, scores)
-            stats["rescored"] = stats.get("rescored", 0) + len(keep)
-            stats["exact_ms"] = (time.perf_counter() - t0) * 1000
-            return self._keys[cand[order]], scores[order]
-        count = min(m, k + self.pad)
-        rounds = 0
-        while True:
-            rounds += 1
+            return self._threshold_result(cand, q, threshold, stats, t0)
+
+        def fetch(count: int) -> tuple[np.ndarray, float]:
             cand, ks = self._cscan(mask, q32, count, 0.0, m)
-            scores = self._rescore(cand, q)
-            bound = float(ks[-1]) + eps  # best exact score of a row left out
-            order = self._order(cand, scores)
-            cand, scores = cand[order], scores[order]
-            stats["rescored"] = stats.get("rescored", 0) + len(cand)
-            if threshold is not None:
-                keep = scores >= threshold
-                cand, scores = cand[keep], scores[keep]
-            complete = count >= m  # every allowed row was rescored
-            if not complete:
-                if len(scores) >= k and float(scores[k - 1]) > bound:
-                    complete = True
-                elif threshold is not None and len(scores) < k and threshold > bound:
-                    complete = True  # nothing left out can reach the threshold
-            if complete:
-                break
-            count = min(m, count * 4)
-        stats["exact_rounds"] = rounds
-        stats["exact_ms"] = (time.perf_counter() - t0) * 1000
-        return self._keys[cand[:k]], scores[:k]
+            return cand, float(ks[-1]) + eps  # best exact score of a row left out
+
+        return self._widening_exact(fetch, q, m, k, threshold, stats, t0)
 
     def _graph_filtered(
         self,
@@ -1362,19 +1338,53 @@ class VectorIndex:
             assert threshold is not None
             local, dist = self._kernel(data, q16, m)
             cand = to_rows(local[(1.0 - dist) >= threshold - KERNEL_EPS])
-            scores = self._rescore(cand, q)
-            keep = scores >= threshold
-            cand, scores = cand[keep], scores[keep]
-            order = self._order(cand, scores)
-            stats["rescored"] = stats.get("rescored", 0) + len(keep)
-            stats["exact_ms"] = (time.perf_counter() - t0) * 1000
-            return self._keys[cand[order]], scores[order]
+            return self._threshold_result(cand, q, threshold, stats, t0)
+
+        def fetch(count: int) -> tuple[np.ndarray, float]:
+            local, dist = self._kernel(data, q16, count)
+            # best exact score of a row left out (none is when every row came back)
+            bound = 1.0 - float(dist[-1]) + KERNEL_EPS if len(local) else -np.inf
+            return to_rows(local), bound
+
+        return self._widening_exact(fetch, q, m, k, threshold, stats, t0)
+
+    def _threshold_result(
+        self,
+        cand: np.ndarray,
+        q: np.ndarray,
+        threshold: float,
+        stats: dict[str, Any],
+        t0: float,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Threshold-only scans: the kernel's candidates rescored exactly, kept when they reach
+        the threshold, best first."""
+        scores = self._rescore(cand, q)
+        keep = scores >= threshold
+        cand, scores = cand[keep], scores[keep]
+        order = self._order(cand, scores)
+        stats["rescored"] = stats.get("rescored", 0) + len(keep)
+        stats["exact_ms"] = (time.perf_counter() - t0) * 1000
+        return self._keys[cand[order]], scores[order]
+
+    def _widening_exact(
+        self,
+        fetch: Callable[[int], tuple[np.ndarray, float]],
+        q: np.ndarray,
+        m: int,
+        k: int,
+        threshold: float | None,
+        stats: dict[str, Any],
+        t0: float,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The top-k of an exact scan, whatever kernel: ``fetch(count)`` gives the kernel's best
+        ``count`` rows and a bound on the exact score of every row it left out; the rows are
+        rescored exactly, and ``count`` grows x4 until the k-th rescored score beats the bound
+        (or every allowed row was rescored)."""
         count = min(m, k + self.pad)
         rounds = 0
         while True:
             rounds += 1
-            local, dist = self._kernel(data, q16, count)
-            cand = to_rows(local)
+            cand, bound = fetch(count)
             scores = self._rescore(cand, q)
             order = self._order(cand, scores)
             cand, scores = cand[order], scores[order]
@@ -1382,9 +1392,8 @@ class VectorIndex:
             if threshold is not None:
                 keep = scores >= threshold
                 cand, scores = cand[keep], scores[keep]
-            complete = len(local) >= m  # every allowed row was rescored
+            complete = count >= m  # every allowed row was rescored
             if not complete:
-                bound = 1.0 - float(dist[-1]) + KERNEL_EPS  # best exact score left out
                 if len(scores) >= k and float(scores[k - 1]) > bound:
                     complete = True
                 elif threshold is not None and len(scores) < k and threshold > bound:
