@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from .taggers.faces import iou_matrix  # boxes [x0, y0, x1, y1]: the faces tagger's IoU
+
 __all__ = [
     "METRICS",
     "Frame",
@@ -255,20 +257,6 @@ def _prf(which: str) -> _Metric:
 # -- detection ---------------------------------------------------------------------------------
 
 
-def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box of ``a`` (n, 4) with every box of ``b`` (m, 4), [x0, y0, x1, y1]."""
-    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, inter / union, 0.0)
-
-
 def match_detections(
     preds: Sequence[dict[str, Any]] | None, truth: Sequence[dict[str, Any]] | None, iou: float = 0.5
 ) -> list[tuple[str, float, bool]]:
@@ -286,7 +274,7 @@ def match_detections(
         if not ts:
             out.extend((label, float(p.get("score") or 0.0), False) for p in ps)
             continue
-        m = _iou_matrix(
+        m = iou_matrix(
             np.array([p["box"] for p in ps], dtype=np.float64).reshape(-1, 4),
             np.array([t["box"] for t in ts], dtype=np.float64).reshape(-1, 4),
         )
