@@ -12,13 +12,21 @@
  *       Returns how many rows were written to out_rows / out_scores.
  *
  *   hnsw(file, starts, matrix, dim, conn, conn_base, slot_bytes, max_level, entry, mask, query,
- *        ef, ef_upper, max_visits, out_rows, out_scores)
+ *        ef, ef_upper, max_visits, k, out_rows, out_scores)
  *       HNSW search over the graph of a saved usearch (2.x) dense index, read in place, with the
  *       filter inside the graph: every node is traversed but only rows whose mask byte is set
  *       enter the result list (ef of them). Stops after max_visits distance computations (then
  *       the caller falls back to an exact scan). Returns (written, visits, exhausted,
- *       allowed_seen, first_allowed_visit): how many of the rows whose distance it computed
- *       passed the filter, and after how many distances the first one did (-1: none).
+ *       allowed_seen, first_allowed_visit, above_kth): how many of the rows whose distance it
+ *       computed passed the filter, after how many distances the first one did (-1: none), and
+ *       how many of the rows it scored (allowed or not) score above the k-th allowed result
+ *       (-1: fewer than k found). A filter independent of the query puts about k / selectivity
+ *       rows there; many more means the allowed rows are scarce near the query (a filter
+ *       anti-correlated with it), where a narrow search is least reliable.
+ *
+ *   rescore(matrix, dim, rows, query64, out)
+ *       The reported scores: cosine of each listed row with the float64 query, summed in
+ *       float64 in a fixed order (the same on every CPU), clipped to [-1, 1]; zero rows score 0.
  *
  * Distances use AVX2 + F16C + FMA when the CPU has them (checked at run time), else portable C.
  * Every score the Python side returns is recomputed exactly in float64; these kernels only
@@ -550,15 +558,27 @@ static int push_touched(int64_t **a, Py_ssize_t *size, Py_ssize_t *cap, int64_t 
     return 0;
 }
 
+static int push_score(float **a, Py_ssize_t *size, Py_ssize_t *cap, float v) {
+    if (*size == *cap) {
+        Py_ssize_t c = *cap ? 2 * *cap : 1024;
+        float *na = realloc(*a, (size_t)c * sizeof(float));
+        if (na == NULL) return -1;
+        *a = na;
+        *cap = c;
+    }
+    (*a)[(*size)++] = v;
+    return 0;
+}
+
 static PyObject *py_hnsw(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *o_file, *o_starts, *o_matrix, *o_mask, *o_q, *o_rows, *o_scores;
-    Py_ssize_t dim, conn, conn_base, ef, ef_upper, max_visits;
+    Py_ssize_t dim, conn, conn_base, ef, ef_upper, max_visits, want_k;
     int slot_bytes, max_level;
     long long entry;
-    if (!PyArg_ParseTuple(args, "OOOnnniiLOOnnnOO", &o_file, &o_starts, &o_matrix, &dim, &conn,
+    if (!PyArg_ParseTuple(args, "OOOnnniiLOOnnnnOO", &o_file, &o_starts, &o_matrix, &dim, &conn,
                           &conn_base, &slot_bytes, &max_level, &entry, &o_mask, &o_q, &ef,
-                          &ef_upper, &max_visits, &o_rows, &o_scores))
+                          &ef_upper, &max_visits, &want_k, &o_rows, &o_scores))
         return NULL;
     Py_buffer bf = {0}, bst = {0}, bm = {0}, bk = {0}, bq = {0}, bo = {0}, bsc = {0};
     int have_mask = o_mask != Py_None;
@@ -566,6 +586,7 @@ static PyObject *py_hnsw(PyObject *self, PyObject *args) {
     uint64_t *visited = NULL;
     int64_t *touched = NULL;
     item_t *cands = NULL, *top = NULL;
+    float *scored = NULL; /* every level-0 score, for above_kth */
     if (get_buffer(o_file, &bf, 0, "file") < 0) return NULL;
     if (get_buffer(o_starts, &bst, 0, "starts") < 0) goto done;
     if (get_buffer(o_matrix, &bm, 0, "matrix") < 0) goto done;
@@ -576,14 +597,14 @@ static PyObject *py_hnsw(PyObject *self, PyObject *args) {
     Py_ssize_t n = bst.len / 8;
     if (dim <= 0 || bm.len != n * dim * 2 || bq.len != dim * 4 || (have_mask && bk.len != n) ||
         (slot_bytes != 4 && slot_bytes != 5) || ef < 1 || bo.len / 8 < ef || bsc.len / 4 < ef ||
-        ef_upper < 1 || ef_upper > MAX_EF_UPPER ||
+        ef_upper < 1 || ef_upper > MAX_EF_UPPER || want_k < 1 ||
         (n > 0 && (entry < 0 || entry >= n))) {
         PyErr_SetString(PyExc_ValueError, "_vecscan.hnsw: bad arguments");
         goto done;
     }
     if (n == 0) {
-        result = Py_BuildValue("nninn", (Py_ssize_t)0, (Py_ssize_t)0, 0, (Py_ssize_t)0,
-                               (Py_ssize_t)-1);
+        result = Py_BuildValue("nninnn", (Py_ssize_t)0, (Py_ssize_t)0, 0, (Py_ssize_t)0,
+                               (Py_ssize_t)-1, (Py_ssize_t)-1);
         goto done;
     }
     graph_t g = {bf.buf, bf.len, bst.buf, n, conn, conn_base, slot_bytes};
@@ -599,7 +620,8 @@ static PyObject *py_hnsw(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
-    Py_ssize_t visits = 0, allowed_seen = 0, first_allowed = -1;
+    Py_ssize_t visits = 0, allowed_seen = 0, first_allowed = -1, above = -1;
+    Py_ssize_t nscored = 0, scored_cap = 0;
     int exhausted = 0, failed = 0;
     Py_BEGIN_ALLOW_THREADS;
     /* upper levels: a best-first search of breadth ef_upper per level (1 is usearch's greedy
@@ -673,7 +695,9 @@ static PyObject *py_hnsw(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; i < nseeds && !failed; i++) {
         int64_t s = seeds[i].row;
         visited[s >> 6] |= 1ull << (s & 63);
-        if (cand_push(&cands, &csize, &ccap, seeds[i]) < 0) failed = 1;
+        if (cand_push(&cands, &csize, &ccap, seeds[i]) < 0 ||
+            push_score(&scored, &nscored, &scored_cap, seeds[i].score) < 0)
+            failed = 1;
         if (!mask || mask[s]) {
             keep_best(top, &tsize, ef, seeds[i].score, s);
             allowed_seen++;
@@ -702,6 +726,10 @@ static PyObject *py_hnsw(PyObject *self, PyObject *args) {
             visited[s >> 6] |= bit;
             float sc = cosine(matrix + s * dim, q, dim);
             visits++;
+            if (push_score(&scored, &nscored, &scored_cap, sc) < 0) {
+                failed = 1;
+                break;
+            }
             if (!mask || mask[s]) {
                 allowed_seen++;
                 if (first_allowed < 0) first_allowed = visits;
@@ -716,7 +744,14 @@ static PyObject *py_hnsw(PyObject *self, PyObject *args) {
             }
         }
     }
-    if (!failed) qsort(top, (size_t)tsize, sizeof(item_t), by_score_desc);
+    if (!failed) {
+        qsort(top, (size_t)tsize, sizeof(item_t), by_score_desc);
+        if (tsize >= want_k) {
+            float kth = top[want_k - 1].score;
+            above = 0;
+            for (Py_ssize_t i = 0; i < nscored; i++) above += scored[i] > kth;
+        }
+    }
     Py_END_ALLOW_THREADS;
     if (failed) {
         PyErr_NoMemory();
@@ -728,9 +763,10 @@ static PyObject *py_hnsw(PyObject *self, PyObject *args) {
         out_rows[i] = top[i].row;
         out_scores[i] = top[i].score;
     }
-    result = Py_BuildValue("nninn", tsize, visits, exhausted, allowed_seen, first_allowed);
+    result = Py_BuildValue("nninnn", tsize, visits, exhausted, allowed_seen, first_allowed, above);
 done:
     free(visited);
+    free(scored);
     free(touched);
     free(cands);
     free(top);
@@ -741,6 +777,95 @@ done:
     if (bq.obj) PyBuffer_Release(&bq);
     if (bo.obj) PyBuffer_Release(&bo);
     if (bsc.obj) PyBuffer_Release(&bsc);
+    return result;
+}
+
+
+/* ------------------------------------------------------------------------------------------ */
+/* rescore: the reported float64 scores                                                         */
+/* ------------------------------------------------------------------------------------------ */
+
+#if VS_X86
+__attribute__((target("f16c"))) static void halves_f16c(const uint16_t *x, float *out,
+                                                       Py_ssize_t dim) {
+    Py_ssize_t i = 0;
+    for (; i + 8 <= dim; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))));
+    for (; i < dim; i++) out[i] = half_to_float(x[i]);
+}
+#endif
+
+static int HAVE_F16C = 0;
+
+static PyObject *py_rescore(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *o_matrix, *o_rows, *o_q, *o_out;
+    Py_ssize_t dim;
+    if (!PyArg_ParseTuple(args, "OnOOO", &o_matrix, &dim, &o_rows, &o_q, &o_out)) return NULL;
+    Py_buffer bm = {0}, br = {0}, bq = {0}, bo = {0};
+    PyObject *result = NULL;
+    float *row = NULL;
+    if (get_buffer(o_matrix, &bm, 0, "matrix") < 0) return NULL;
+    if (get_buffer(o_rows, &br, 0, "rows") < 0) goto done;
+    if (get_buffer(o_q, &bq, 0, "query") < 0) goto done;
+    if (get_buffer(o_out, &bo, 1, "out") < 0) goto done;
+    Py_ssize_t n = dim > 0 ? bm.len / (2 * dim) : 0, count = br.len / 8;
+    if (dim <= 0 || bm.len != n * dim * 2 || bq.len != dim * 8 || bo.len != count * 4) {
+        PyErr_SetString(PyExc_ValueError, "_vecscan.rescore: bad arguments");
+        goto done;
+    }
+    const int64_t *rows = br.buf;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (rows[i] < 0 || rows[i] >= n) {
+            PyErr_SetString(PyExc_IndexError, "_vecscan.rescore: row out of range");
+            goto done;
+        }
+    }
+    row = malloc((size_t)dim * sizeof(float));
+    if (row == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const uint16_t *matrix = bm.buf;
+    const double *q = bq.buf;
+    float *out = bo.buf;
+    Py_BEGIN_ALLOW_THREADS;
+    for (Py_ssize_t r = 0; r < count; r++) {
+        const uint16_t *x = matrix + rows[r] * dim;
+#if VS_X86
+        if (HAVE_F16C)
+            halves_f16c(x, row, dim);
+        else
+#endif
+            for (Py_ssize_t i = 0; i < dim; i++) row[i] = half_to_float(x[i]);
+        /* four float64 partial sums, i mod 4, combined in a fixed order: conversions are
+           exact, so every CPU gets the same bits */
+        double d[4] = {0, 0, 0, 0}, nn[4] = {0, 0, 0, 0};
+        Py_ssize_t i = 0;
+        for (; i + 4 <= dim; i += 4) {
+            for (int j = 0; j < 4; j++) {
+                double v = (double)row[i + j];
+                d[j] += v * q[i + j];
+                nn[j] += v * v;
+            }
+        }
+        for (; i < dim; i++) {
+            double v = (double)row[i];
+            d[0] += v * q[i];
+            nn[0] += v * v;
+        }
+        double dot = (d[0] + d[1]) + (d[2] + d[3]), norm = sqrt((nn[0] + nn[1]) + (nn[2] + nn[3]));
+        double c = norm > 0 ? dot / norm : 0.0;
+        out[r] = (float)(c > 1.0 ? 1.0 : (c < -1.0 ? -1.0 : c));
+    }
+    Py_END_ALLOW_THREADS;
+    result = PyLong_FromSsize_t(count);
+done:
+    free(row);
+    if (bm.obj) PyBuffer_Release(&bm);
+    if (br.obj) PyBuffer_Release(&br);
+    if (bq.obj) PyBuffer_Release(&bq);
+    if (bo.obj) PyBuffer_Release(&bo);
     return result;
 }
 
@@ -770,8 +895,10 @@ static PyMethodDef methods[] = {
      " -> written"},
     {"hnsw", py_hnsw, METH_VARARGS,
      "hnsw(file, starts, matrix, dim, conn, conn_base, slot_bytes, max_level, entry, mask, "
-     "query, ef, ef_upper, max_visits, out_rows, out_scores) -> (written, visits, exhausted, allowed_seen, "
-     "first_allowed_visit)"},
+     "query, ef, ef_upper, max_visits, k, out_rows, out_scores) -> (written, visits, exhausted, allowed_seen, "
+     "first_allowed_visit, above_kth)"},
+    {"rescore", py_rescore, METH_VARARGS,
+     "rescore(matrix, dim, rows, query64, out) -> count: float64 cosine scores of rows"},
     {"kernel", py_kernel, METH_VARARGS,
      "kernel(choice=None) -> the distance kernel in use, 'avx2-f16c' or 'portable'; choice "
      "'portable' or 'best' switches (tests)"},
@@ -786,5 +913,8 @@ static struct PyModuleDef moduledef = {
 
 PyMODINIT_FUNC PyInit__vecscan(void) {
     choose_kernel();
+#if VS_X86 && (defined(__GNUC__) || defined(__clang__))
+    HAVE_F16C = __builtin_cpu_supports("f16c");
+#endif
     return PyModule_Create(&moduledef);
 }

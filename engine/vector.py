@@ -114,6 +114,7 @@ def compiled_kernel_eps(dim: int) -> float:
 
 _STRATEGIES = ("exact", "hnsw", "hnsw-filtered", "empty")
 _USEARCH_DEFAULT_EF = 64
+_CPUS = os.cpu_count() or 1  # os.cpu_count() costs ~15 us a call, once per search
 
 
 def _fmt_int(n: int) -> str:
@@ -359,6 +360,17 @@ class _Graph:
     max_level: int
     entry: int
 
+    def level0_neighbours(self, slot: int) -> np.ndarray:
+        """The level-0 neighbour slots of a node."""
+        p = int(self.starts[slot]) + 10
+        count = int(np.frombuffer(self.raw[p : p + 4].tobytes(), dtype=np.uint32)[0])
+        raw = np.asarray(self.raw[p + 4 : p + 4 + count * self.slot_bytes]).reshape(count, -1)
+        if self.slot_bytes == 4:
+            return raw.copy().view(np.uint32).reshape(-1).astype(np.int64)
+        wide = np.zeros((count, 8), np.uint8)
+        wide[:, : self.slot_bytes] = raw
+        return wide.view(np.int64).reshape(-1)
+
 
 def _parse_graph(
     raw: np.ndarray, dim: int, *, rows_expected: int | None, slot_bytes_options: tuple[int, ...]
@@ -474,13 +486,33 @@ class VectorIndex:
     parallel_rows: int = 50_000
     #: The compiled scan runs on ``threads`` threads from this many rows (a thread costs ~30 us).
     parallel_rows_compiled: int = 32_768
-    #: The compiled HNSW search's result breadth: ``expansion_search`` (at least ``k + pad``),
-    #: doubled from ``graph_ef_double_rows`` rows when at least ``graph_ef_wide_sel`` of the
-    #: rows pass the filter, halved below that selectivity. Measured at 1M rows: a correlated
-    #: 50 % filter needed ef 256 for recall 0.978 (0.959 at 128); at 10 % the filter alone makes
-    #: the search walk ~10x more nodes, and ef 64 gave the recall of ef 128 (0.985 uncorrelated,
-    #: 0.977 correlated) in 40-70 % of the time (ef 32: correlated recall 0.943). At 100k ef 128
-    #: sufficed everywhere.
+    #: The compiled HNSW search's result breadth. A first, narrow search: ``expansion_search /
+    #: graph_ef_first_div`` without a filter, ``k + pad`` with one (the filter itself widens the
+    #: walk: to collect ef allowed rows it scores about ef / selectivity); at least ``k + pad``.
+    #: Measured at 1M rows, 300 queries, k = 10 (docs/vector-search.md): no filter ef 32 recall
+    #: 0.973 in 0.16 ms (ef 256: 0.980 in 0.50 ms); uncorrelated 50 % ef 20 0.975, 10 % 0.983.
+    #: A filter correlated with the query needs more when the query's own neighbourhood is
+    #: filtered out (correlated 50 %: 0.70 at ef 32 for those queries, 0.97 for the others), and
+    #: the narrow search tells which case it met: when many more of the rows it scored beat its
+    #: k-th allowed result than an independent filter would put there (``graph_anti_ratio`` x
+    #: k / selectivity; measured: at most 3x for independent filters, 5-1000x for those
+    #: queries), it searches again with the wide breadth: ``expansion_search`` doubled from
+    #: ``graph_ef_double_rows`` rows when at least ``graph_ef_wide_sel`` of the rows pass (1M,
+    #: correlated 50 %: ef 256 recall 0.977, 0.951 at 128), halved below that selectivity (10 %:
+    #: ef 64 gave the recall of 128 in 40-70 % of the time).
+    graph_ef_first_div: int = 4
+    graph_anti_ratio: float = 3.0
+    #: The narrow breadth is tuned once per index (indexes of ``graph_tune_rows`` rows or more,
+    #: when ``expansion_search`` was not set by the caller): ``graph_tune_queries`` of the
+    #: index's own rows, as NEAR SAMPLE queries, are searched at growing ef, and the smallest ef
+    #: whose top-k agree on at least ``graph_tune_agreement`` of their rows with a search of
+    #: breadth ``graph_tune_reference`` is kept (never above ``expansion_search``). Data whose
+    #: graph is hard to navigate (isotropic noise) keeps a wider search; clustered data like the
+    #: benchmark's gets ef 24-32. ~0.1 s at 1M rows, on the first search.
+    graph_tune_rows: int = 10_000
+    graph_tune_queries: int = 64
+    graph_tune_agreement: float = 0.99
+    graph_tune_reference: int = 512
     graph_ef_double_rows: int = 500_000
     graph_ef_wide_sel: float = 0.25
     #: The compiled filtered HNSW search is trusted when the allowed rows it met are at least this
@@ -527,6 +559,8 @@ class VectorIndex:
         # parsed by restore(), or lazily from a saved buffer (None: not parsed yet, False: the
         # layout is not understood or the index changed since).
         self._graph: _Graph | bool | None = None
+        self._tuned_ef: int | None = None
+        self._ef_set = False  # expansion_search set by the caller: no tuning
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -737,6 +771,8 @@ class VectorIndex:
     @expansion_search.setter
     def expansion_search(self, ef: int) -> None:
         self._hnsw.expansion_search = int(ef)
+        self._ef_set = True
+        self._tuned_ef = None
 
     def memory_usage(self) -> dict[str, int]:
         """Bytes held: ``matrix`` (float16 vectors), ``keys``, ``hnsw`` (usearch's own figure:
@@ -980,9 +1016,10 @@ class VectorIndex:
                 "hnsw-filtered",
                 f"HNSW search over {where} with the filter inside the graph (ef {ef_g}): above "
                 f"the {_fmt_pct(cross)} crossover for k = {k} (predicted {_fmt_ms(est_graph)} vs "
-                f"exact {_fmt_ms(est_exact)}); exact scan instead if the allowed rows near the "
-                "query are much sparser than the selectivity or the search costs more than the "
-                "scan",
+                f"exact {_fmt_ms(est_exact)}); searched again with ef "
+                f"{self._graph_ef_wide(k, sel)} if the allowed rows are scarce near the query, "
+                "exact scan instead if they stay much sparser than the selectivity or the search "
+                "costs more than the scan",
                 est_hnsw_us=est_graph,
                 **common,
                 **base,
@@ -1085,8 +1122,20 @@ class VectorIndex:
     def _rescore(self, rows: np.ndarray, q: np.ndarray) -> np.ndarray:
         """Exact float32 cosine scores of ``rows``: float64 arithmetic, each row summed on its
         own (``(x * q).sum(axis=1)``, not BLAS, whose blocking may sum identical rows in a
-        different order), so equal vectors get equal scores; zero vectors score 0."""
+        different order), so equal vectors get equal scores; zero vectors score 0. With the compiled
+        kernels the same in C (``_vecscan.rescore``: fixed summation order, the same bits on every
+        CPU; ~50 us less per query than numpy for a top-10)."""
         out = np.zeros(len(rows), np.float32)
+        if self._use_compiled():
+            assert _vecscan is not None
+            _vecscan.rescore(
+                self._matrix,
+                self.dim,
+                np.ascontiguousarray(rows, dtype=np.int64),
+                np.ascontiguousarray(q, dtype=np.float64),
+                out,
+            )
+            return out
         for s in range(0, len(rows), 4096):
             x = np.take(self._matrix, rows[s : s + 4096], axis=0).astype(np.float64)
             dots = (x * q).sum(axis=1)
@@ -1115,7 +1164,7 @@ class VectorIndex:
     def _scan_threads(self, rows: int) -> int:
         if rows < self.parallel_rows_compiled:
             return 1
-        return max(1, self.threads or os.cpu_count() or 1)
+        return max(1, self.threads or _CPUS)
 
     def _graph_layout(self) -> _Graph | None:
         """The HNSW graph as saved by usearch, for the compiled filtered search: the restored
@@ -1142,6 +1191,87 @@ class VectorIndex:
         return g if isinstance(g, _Graph) else None
 
     def _graph_ef(self, k: int, selectivity: float = 1.0, rows: int | None = None) -> int:
+        """The first, narrow search breadth: the index's tuned ef (:attr:`graph_tune_rows`),
+        else ``expansion_search``; at least ``k + pad``."""
+        floor = k + min(self.pad, k)
+        return max(self.tuned_ef(), floor)
+
+    def tuned_ef(self) -> int:
+        """The narrow search breadth of this index (see :attr:`graph_tune_rows`): measured on
+        the first call, then kept until the index changes."""
+        ef = self.expansion_search
+        if self._ef_set or len(self) < self.graph_tune_rows or self._graph_layout() is None:
+            return ef
+        with self._lock:
+            if self._tuned_ef is None:
+                self._tuned_ef = self._tune_ef(ef)
+            return self._tuned_ef
+
+    def _tune_ef(self, ceiling: int, k: int = 10) -> int:
+        assert _vecscan is not None
+        g = self._graph_layout()
+        assert g is not None
+        n = len(self)
+        rng = np.random.default_rng(20261127)
+        rows = rng.choice(n, size=min(n, self.graph_tune_queries), replace=False)
+        ladder = [e for e in (16, 24, 32, 48, 64, 96, 128, 192, 256) if e < ceiling] + [ceiling]
+        reference = max(self.graph_tune_reference, ceiling)
+        out_rows = np.empty(reference, np.int64)
+        out_scores = np.empty(reference, np.float32)
+
+        def top(q: np.ndarray, ef: int) -> np.ndarray:
+            written = _vecscan.hnsw(
+                g.raw,
+                g.starts,
+                self._matrix,
+                self.dim,
+                g.conn,
+                g.conn_base,
+                g.slot_bytes,
+                g.max_level,
+                g.entry,
+                None,
+                q,
+                ef,
+                self.graph_ef_upper,
+                n + 1,
+                k + 1,
+                out_rows,
+                out_scores,
+            )[0]
+            return out_rows[: min(written, k + 1)].copy()
+
+        # A query is the midpoint of a row and one of its level-0 neighbours: a point of the data
+        # that is not a row (a row itself is too easy to find: its own neighbour list holds its
+        # nearest rows).
+        queries = []
+        for r in rows:
+            nbs = g.level0_neighbours(int(r))
+            if not len(nbs):
+                continue
+            a = np.asarray(self._matrix[r], np.float32)
+            b = np.asarray(self._matrix[int(nbs[rng.integers(len(nbs))])], np.float32)
+            na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+            if na == 0 or nb == 0:
+                continue
+            q = a / na + b / nb
+            norm = float(np.linalg.norm(q))
+            if norm > 0:
+                queries.append((q / norm).astype(np.float32))
+        if not queries:
+            return ceiling
+        refs = [top(q, reference) for q in queries]
+        for ef in ladder:
+            agree = [
+                len(np.intersect1d(top(q, ef), ref)) / max(1, len(ref))
+                for q, ref in zip(queries, refs, strict=True)
+            ]
+            if float(np.mean(agree)) >= self.graph_tune_agreement:
+                return ef
+        return ceiling
+
+    def _graph_ef_wide(self, k: int, selectivity: float = 1.0, rows: int | None = None) -> int:
+        """The breadth of the second search when the first met an anti-correlated filter."""
         n = len(self) if rows is None else rows
         ef = self.expansion_search
         if selectivity < self.graph_ef_wide_sel:
@@ -1231,50 +1361,89 @@ class VectorIndex:
         ef = max(plan.count, k)
         sel = m / n
         if plan.forced or plan.est_exact_us is None:
-            max_visits = n + 1
+            budget_us = math.inf
         else:
-            budget = plan.est_exact_us - self.cost.graph_overhead_us
-            max_visits = max(ef, int(budget / max(self.cost.graph_us_per_visit, 1e-6)))
+            budget_us = plan.est_exact_us - self.cost.graph_overhead_us
+        per_visit = max(self.cost.graph_us_per_visit, 1e-6)
         q32 = np.ascontiguousarray(q, dtype=np.float32)
-        out_rows = np.empty(ef, np.int64)
-        out_scores = np.empty(ef, np.float32)
+        mask8 = None if mask is None else np.ascontiguousarray(mask).view(np.uint8)
+
+        def walk(ef: int, budget_us: float) -> tuple[int, int, int, int, int, np.ndarray]:
+            max_visits = n + 1 if math.isinf(budget_us) else max(ef, int(budget_us / per_visit))
+            out_rows = np.empty(ef, np.int64)
+            out_scores = np.empty(ef, np.float32)
+            written, visits, exhausted, seen, _first, above = _vecscan.hnsw(
+                g.raw,
+                g.starts,
+                self._matrix,
+                self.dim,
+                g.conn,
+                g.conn_base,
+                g.slot_bytes,
+                g.max_level,
+                g.entry,
+                mask8,
+                q32,
+                ef,
+                self.graph_ef_upper,
+                max_visits,
+                k,
+                out_rows,
+                out_scores,
+            )
+            return written, visits, exhausted, seen, above, out_rows
+
         t0 = time.perf_counter()
-        written, visits, exhausted, seen, _first = _vecscan.hnsw(
-            g.raw,
-            g.starts,
-            self._matrix,
-            self.dim,
-            g.conn,
-            g.conn_base,
-            g.slot_bytes,
-            g.max_level,
-            g.entry,
-            None if mask is None else np.ascontiguousarray(mask).view(np.uint8),
-            q32,
-            ef,
-            self.graph_ef_upper,
-            max_visits,
-            out_rows,
-            out_scores,
-        )
+        written, visits, exhausted, seen, above, out_rows = walk(ef, budget_us)
+        total_visits = visits
+        note = ""
+        why = ""
+        expected_above = k / max(sel, 1e-12)
+        if (
+            mask is not None
+            and written >= k
+            and not exhausted
+            and above > self.graph_anti_ratio * expected_above
+        ):
+            ef_wide = max(self._graph_ef_wide(k, sel), ef)
+            ratio = above / expected_above
+            stats["graph_anti_ratio"] = ratio
+            if ef_wide > ef:
+                spent_us = visits * per_visit
+                scarce = (
+                    f"the allowed rows were scarce near the query ({_fmt_int(above)} scored rows "
+                    f"beat the {k}-th allowed one, {ratio:.0f}x what an independent filter "
+                    "leaves)"
+                )
+                if self.cost.graph(ef_wide, sel) > budget_us - spent_us:
+                    why = f"met a filter anti-correlated with the query: {scarce}"
+                else:
+                    written, visits, exhausted, seen, above, out_rows = walk(
+                        ef_wide, budget_us - spent_us
+                    )
+                    total_visits += visits
+                    note = f"; {scarce}: searched again with ef {ef_wide}"
+                    ef = ef_wide
         density = (seen / visits) / sel if visits else 0.0
         stats.update(
             graph_ms=(time.perf_counter() - t0) * 1000,
-            graph_visits=visits,
+            graph_ef=ef,
+            graph_visits=total_visits,
             graph_allowed_seen=seen,
             graph_density=density,
             kernel="compiled",
         )
-        why = ""
-        if written < k:
+        if why:
+            pass
+        elif written < k:
             why = f"found {written} allowed rows (k = {k}) before running out of graph"
             if exhausted:
                 why = (
-                    f"found {written} allowed rows (k = {k}) within {_fmt_int(visits)} "
+                    f"found {written} allowed rows (k = {k}) within {_fmt_int(total_visits)} "
                     "distances, the exact scan's cost"
                 )
         elif exhausted and not plan.forced:
-            why = f"needed more than {_fmt_int(visits)} distances, the exact scan's cost"
+            why = f"needed more than {_fmt_int(total_visits)} distances, the exact scan's cost"
         elif density < self.min_density and not plan.forced:
             why = (
                 f"met the allowed rows {1 / max(density, 1e-9):.1f}x sparser near the query than "
@@ -1285,7 +1454,7 @@ class VectorIndex:
             scores = self._rescore(take, q)
             o = self._order(take, scores)
             take, scores = take[o][:k], scores[o][:k]
-            return self._keys[take], scores, plan.strategy, plan.reason
+            return self._keys[take], scores, plan.strategy, plan.reason + note
         keys, scores = self._exact(q, mask, k, None, stats)
         reason = (
             f"{plan.reason}; the graph search {why}, so exact scan over {_fmt_int(m)} candidates"
@@ -1515,6 +1684,7 @@ class VectorIndex:
         self._matrix = np.concatenate([np.asarray(self._matrix), v16])
         self._sorted = None
         self._graph = None
+        self._tuned_ef = None
         self._crossover_memo = None
 
     def remove(self, keys: Any) -> int:
@@ -1531,6 +1701,7 @@ class VectorIndex:
         self._matrix = np.asarray(self._matrix)[keep]
         self._sorted = None
         self._graph = None
+        self._tuned_ef = None
         self._crossover_memo = None
         return len(rows)
 

@@ -194,8 +194,11 @@ def test_plan_strategies(index, data):
     many[::2] = False
     saved = index.cost
     if index.compiled:
-        # 1,500 rows scan in ~0.3 ms, less than the graph search: the model says exact ...
-        plan = index.plan(k=10, allowed=many)
+        # 300 rows (10 %) scan in ~0.1 ms, less than the graph search that must walk ~10x
+        # the rows it keeps: the model says exact ...
+        tenth = np.zeros(N, bool)
+        tenth[::10] = True
+        plan = index.plan(k=10, allowed=tenth)
         assert plan.strategy == "exact" and plan.est_exact_us <= plan.est_hnsw_us
         assert plan.kernel == "compiled"
         # ... and an HNSW search once scanning a row costs more
@@ -671,6 +674,111 @@ def test_graph_search_sparse_allowed_rows_fall_back_to_exact(data):
     assert r.strategy == "exact" and "exact scan's cost" in r.reason, r.reason
     want, want_s = ref_ranked(keys, ref_scores(vectors, q), sel)
     assert_same_ranking(r, want[:10], want_s[:10])
+
+
+@needs_compiled
+def test_compiled_rescore_equals_float64_numpy(data):
+    """``_vecscan.rescore`` (the reported scores with the extension) equals the float64 numpy
+    computation to float32 rounding, zero rows score 0, bad rows are refused."""
+    _, vectors, _, centres = data
+    q = combine_query(centres[2])
+    rows = np.array([0, 1, 17, N - 1, N - 5], np.int64)
+    out = np.empty(len(rows), np.float32)
+    assert _vecscan.rescore(vectors, DIM, rows, q, out) == len(rows)
+    np.testing.assert_allclose(out, ref_scores(vectors, q)[rows], rtol=0, atol=1e-7)
+    zero = np.zeros((2, DIM), np.float16)
+    out2 = np.empty(2, np.float32)
+    _vecscan.rescore(zero, DIM, np.array([0, 1], np.int64), q, out2)
+    assert out2.tolist() == [0.0, 0.0]
+    with pytest.raises(IndexError):
+        _vecscan.rescore(vectors, DIM, np.array([N], np.int64), q, np.empty(1, np.float32))
+    with pytest.raises(ValueError):
+        _vecscan.rescore(vectors, DIM, rows, q.astype(np.float32), out)
+
+
+def _graph_args(vi):
+    g = vi._graph_layout()
+    return (g.raw, g.starts, vi._matrix, vi.dim, g.conn, g.conn_base, g.slot_bytes,
+            g.max_level, g.entry)  # fmt: skip
+
+
+@needs_compiled
+def test_graph_search_counts_rows_above_the_kth(data):
+    """The kernel's ``above_kth``: without a filter exactly the k - 1 better rows; with a
+    filter that removes the query's own cluster, many more than k / selectivity."""
+    keys, vectors, cluster, centres = data
+    vi = VectorIndex.build(keys, vectors, threads=1)
+    q = combine_query(centres[4]).astype(np.float32)
+    out_r, out_s = np.empty(64, np.int64), np.empty(64, np.float32)
+    res = _vecscan.hnsw(*_graph_args(vi), None, q, 64, 4, N + 1, 10, out_r, out_s)
+    written, visits, exhausted, seen, first, above = res
+    assert written == 64 and above == 9 and 0 < seen <= visits and first >= 1 and not exhausted
+    mask = (cluster != 4).view(np.uint8)
+    res = _vecscan.hnsw(*_graph_args(vi), mask, q, 64, 4, N + 1, 10, out_r, out_s)
+    sel = float((cluster != 4).mean())
+    assert res[5] > 3 * 10 / sel  # the query's cluster scored above every allowed row
+    # fewer allowed rows than k: -1
+    one = np.zeros(N, np.uint8)
+    one[7] = 1
+    assert _vecscan.hnsw(*_graph_args(vi), one, q, 64, 4, N + 1, 10, out_r, out_s)[5] == -1
+
+
+def _clustered(n, dim, clusters, noise, seed):
+    rng = np.random.default_rng(seed)
+    centres = _unit(rng.standard_normal((clusters, dim)))
+    cluster = rng.integers(0, clusters, n)
+    x = _unit(centres[cluster] + noise * rng.standard_normal((n, dim)) / np.sqrt(dim))
+    keys = np.arange(n, dtype=np.int64) * 11 + 5
+    return keys, x.astype(np.float16), cluster, centres
+
+
+@needs_compiled
+@pytest.mark.parametrize("noise", [0.5, 2.0], ids=["clustered", "isotropic"])
+def test_tuned_breadth_meets_recall(noise):
+    """Indexes of graph_tune_rows rows or more tune their narrow search breadth on their own
+    rows; the ef chosen reaches recall@10 >= 0.95 against brute force on new queries, is kept
+    until the index changes, and a caller's expansion_search turns tuning off."""
+    n, dim = 12_000, 48
+    keys, x, _, centres = _clustered(n, dim, 40, noise, seed=int(noise * 10))
+    vi = VectorIndex.build(keys, x, threads=1)
+    assert len(vi) >= vi.graph_tune_rows
+    ef = vi.tuned_ef()
+    assert 16 <= ef <= vi.expansion_search and vi.tuned_ef() == ef
+    rng = np.random.default_rng(7)
+    hits = 0
+    for i in range(40):
+        q = _unit(centres[i % 40] + noise * rng.standard_normal(dim) / np.sqrt(dim))
+        r = vi.search(q, k=10)
+        assert r.strategy == "hnsw" and f"(ef {max(ef, 20)})" in r.reason, r.reason
+        want, _ = ref_ranked(keys, ref_scores(x, q))
+        hits += len(np.intersect1d(r.keys, want[:10]))
+    assert hits / 400 >= 0.95, (ef, hits / 400)
+    vi.expansion_search = 100
+    assert vi.tuned_ef() == 100
+
+
+@needs_compiled
+def test_anti_correlated_filter_searches_again_wider():
+    """A filter that removes the query's neighbourhood: the narrow search sees many more rows
+    above its k-th allowed result than an independent filter leaves, searches again with the
+    wide breadth, and says so; the answer matches brute force."""
+    n, dim = 12_000, 48
+    keys, x, cluster, centres = _clustered(n, dim, 40, 0.5, seed=3)
+    vi = VectorIndex.build(keys, x, threads=1)
+    vi.cost = CostModel(cscan_us_per_row=1000.0)  # make the graph search the plan
+    q = combine_query(centres[0])
+    mask = cluster >= 20  # half the clusters, not the query's
+    r = vi.search(q, k=10, allowed=mask)
+    assert r.strategy == "hnsw-filtered", r.reason
+    assert "x what an independent filter leaves): searched again with ef" in r.reason, r.reason
+    assert r.stats["graph_anti_ratio"] > 3
+    assert r.stats["graph_ef"] == vi._graph_ef_wide(10, float(mask.mean()))
+    want, _ = ref_ranked(keys, ref_scores(x, q), mask)
+    assert len(np.intersect1d(r.keys, want[:10])) >= 9
+    # an independent filter of the same selectivity: one narrow search
+    rng = np.random.default_rng(0)
+    r = vi.search(q, k=10, allowed=rng.random(n) < 0.5)
+    assert "searched again with ef 128 if" in r.reason and "graph_anti_ratio" not in r.stats
 
 
 def test_without_the_extension_the_fallback_path_runs(tmp_path):
