@@ -41,6 +41,12 @@ SELECTIVITIES = (1.0, 0.5, 0.1, 0.01, 0.001)
 TARGET_RECALL = 0.95
 TARGET_P50_NOFILTER_MS = 2.0
 TARGET_P50_FILTER_MS = 10.0
+#: FAISS HNSW's efSearch ladder: fine steps where it is fast, so that it is compared at its
+#: cheapest setting that reaches the recall it is compared at.
+FAISS_EF_LADDER = [16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024, 2048, 4096, 16384]
+#: Rows of peers at their cheapest setting reaching TARGET_RECALL (when that is below PopQL's
+#: recall in the cell, PopQL is compared with them at better, not equal, recall).
+AT95 = "at recall 0.95: "
 DATA_VERSION = 2  # 1: isotropic within-cluster noise (--intrinsic-dim 0), 2: low-rank
 
 
@@ -241,23 +247,89 @@ def tuned(
     k: int,
     label: Callable[[Any], str],
     max_ms: float,
-) -> Cell:
-    """Climb ``ladder`` until recall@k >= the target; stop early when p50 exceeds ``max_ms``."""
+    target: float = TARGET_RECALL,
+    screen: int = 50,
+) -> tuple[Cell, Cell | None]:
+    """Climb ``ladder`` until recall@k >= ``target`` (PopQL's recall in the cell, at least
+    TARGET_RECALL: the peer is compared at equal or better recall); stop early when p50 exceeds
+    ``max_ms``. Returns (the matched cell, or the best recall reached; the first cell that
+    reached TARGET_RECALL on the way, or None). A setting whose recall on the first ``screen``
+    queries is well below both goals is not run on the rest (saves minutes at 1M)."""
     best: Cell | None = None
-    for setting in ladder:
-        cell = run_queries(make(setting), queries, truths, k)
+    at_target: Cell | None = None
+    for i, setting in enumerate(ladder):
+        fn = make(setting)
+        last = i == len(ladder) - 1
+        if screen and len(queries) > 2 * screen and not last:
+            probe = run_queries(fn, queries[:screen], truths[:screen], k)
+            if probe.p50 > max_ms:
+                probe.setting = label(setting)
+                return (best if best is not None and best.recall >= probe.recall else probe), (
+                    at_target
+                )
+            if probe.recall < min(target, TARGET_RECALL) - 0.03:
+                continue
+        cell = run_queries(fn, queries, truths, k)
         cell.setting = label(setting)
         if best is None or cell.recall > best.recall + 1e-9:
             best = cell
-        if cell.recall >= TARGET_RECALL or cell.p50 > max_ms:
-            return cell if cell.recall >= TARGET_RECALL else best
+        if at_target is None and cell.recall >= TARGET_RECALL:
+            at_target = cell
+        if cell.recall >= target or cell.p50 > max_ms:
+            return (cell if cell.recall >= target else best), at_target
     assert best is not None
-    return best
+    return best, at_target
 
 
 # ---------------------------------------------------------------------------------------------
 # Systems
 # ---------------------------------------------------------------------------------------------
+
+
+def curve(args, data, queries, truths, cells, fs, perm) -> list[str]:
+    """Recall and p50 of PopQL and FAISS HNSW at the same ef ladder, without a filter and at
+    the uncorrelated 50 % filter: the whole trade-off, not one tuned point per system."""
+    from popql.engine.vector import VectorIndex
+
+    faiss = fs["faiss"]
+    path = args.data_dir / f"vectors_{data_tag(args)}.usearch"
+    k = args.k
+    order = np.argsort(data["keys"])
+    sorted_keys = data["keys"][order]
+    rows = [
+        "| cell | ef | PopQL p50 ms | PopQL recall | FAISS HNSW p50 ms | FAISS HNSW recall |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind, s, mask in cells:
+        if not (kind == "none" or (kind == "uncorrelated" and s == 0.5)):
+            continue
+        imask = None if mask is None else mask[perm]
+        bits = np.packbits(mask, bitorder="little") if mask is not None else None
+        for ef in (16, 24, 32, 48, 64, 96, 128, 256):
+            index = VectorIndex.restore(path, view=True, threads=args.threads)
+            index.expansion_search = ef  # the first (narrow) search's ef; no tuning
+
+            def ours(q, index=index, imask=imask):
+                keys = index.search(q, k=k, allowed=imask, approximate=True).keys
+                return order[np.searchsorted(sorted_keys, keys)]
+
+            p = faiss.SearchParametersHNSW()
+            p.efSearch = ef
+            if bits is not None:
+                p.sel = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))
+
+            def theirs(q, p=p):
+                _, ids = fs["hnsw"].search(q[None, :], k, params=p)
+                return ids[0][ids[0] >= 0]
+
+            a = run_queries(ours, queries, truths[(kind, s)], k)
+            b = run_queries(theirs, queries, truths[(kind, s)], k)
+            name = "none" if kind == "none" else f"uncorr {s:.0%}"
+            rows.append(
+                f"| {name} | {ef} | {a.p50:.3f} | {a.recall:.3f} | {b.p50:.3f} | {b.recall:.3f} |"
+            )
+    print("  curve done")
+    return rows
 
 
 def popql_index(args: argparse.Namespace, data: dict[str, np.ndarray], info: dict) -> Any:
@@ -493,6 +565,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peers", default="faiss,lancedb,duckdb", help="comma list, or 'none'")
     ap.add_argument("--skip-faiss-hnsw", action="store_true")
     ap.add_argument("--no-sweep", action="store_true", help="skip the crossover measurement")
+    ap.add_argument(
+        "--curve",
+        action="store_true",
+        help="also print recall and p50 of PopQL and FAISS HNSW over an ef ladder (no filter, "
+        "uncorrelated 50 %%)",
+    )
     ap.add_argument("--sweep-queries", type=int, default=30)
     ap.add_argument("--rebuild", action="store_true", help="ignore cached indexes")
     ap.add_argument("--data-dir", type=Path, default=REPO / "bench-data")
@@ -525,6 +603,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.calibrate:
         cost = index.calibrate(k=k)
         print(f"calibrated cost model: {cost}")
+    t0 = time.perf_counter()
+    info["popql_tuned_ef"] = index.tuned_ef()
+    info["popql_tune_ms"] = (time.perf_counter() - t0) * 1000
     info["popql_crossover"] = index.crossover(k)
     mem = index.memory_usage()
     print(
@@ -577,6 +658,11 @@ def main(argv: list[str] | None = None) -> int:
         else "PopQL (usearch + planner)"
     )
     systems[popql_name] = res
+    popql_res = res
+
+    def matched(kind: str, s: float) -> float:
+        """The recall a peer is tuned to reach in a cell: PopQL's there, at least the target."""
+        return max(TARGET_RECALL, popql_res[(kind, s)].recall)
 
     if not args.no_sweep:
         sweep(args, index, data, data_row_of_index_row, queries, info)
@@ -626,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
             systems["FAISS exact over bitmap (f32)"] = res
             print("  faiss flat done")
             if "hnsw" in fs:
-                res = {}
+                res, res95 = {}, {}
                 for kind, s, mask in cells:
                     bits = np.packbits(mask, bitorder="little") if mask is not None else None
 
@@ -642,22 +728,28 @@ def main(argv: list[str] | None = None) -> int:
 
                         return f
 
-                    res[(kind, s)] = tuned(
+                    res[(kind, s)], res95[(kind, s)] = tuned(
                         make,
-                        [64, 256, 1024, 4096, 16384],
+                        FAISS_EF_LADDER,
                         queries,
                         truths[(kind, s)],
                         k,
                         lambda ef: f"ef {ef}",
                         max_ms=200,
+                        target=matched(kind, s),
                     )
                 systems["FAISS HNSW, filter in graph (f32)"] = res
+                systems[AT95 + "FAISS HNSW"] = {c: v for c, v in res95.items() if v is not None}
                 print("  faiss hnsw done")
+                if args.curve:
+                    info["curve_table"] = curve(
+                        args, data, queries, truths, cells, fs, data_row_of_index_row
+                    )
 
     if "lancedb" in peers:
         tbl = lance_table(args, data, vectors32, info)
         if tbl is not None:
-            res = {}
+            res, res95 = {}, {}
             parts = info.get("lance_partitions", 1)
             ladder = sorted({min(parts, p) for p in (8, 32, 128, parts)})
             for kind, s, mask in cells:
@@ -680,7 +772,7 @@ def main(argv: list[str] | None = None) -> int:
 
                     return f
 
-                res[(kind, s)] = tuned(
+                res[(kind, s)], res95[(kind, s)] = tuned(
                     make,
                     ladder,
                     queries,
@@ -688,8 +780,10 @@ def main(argv: list[str] | None = None) -> int:
                     k,
                     lambda p: f"nprobes {p}",
                     max_ms=300,
+                    target=matched(kind, s),
                 )
             systems["LanceDB IVF_HNSW_SQ, prefilter"] = res
+            systems[AT95 + "LanceDB"] = {c: v for c, v in res95.items() if v is not None}
             print("  lancedb done")
 
     if "duckdb" in peers:
@@ -720,7 +814,7 @@ def main(argv: list[str] | None = None) -> int:
 
                     return f
 
-                res[(kind, s)] = tuned(
+                res[(kind, s)], _ = tuned(
                     make,
                     [64, 512, 4096],
                     queries[: max(20, len(queries) // 2)],
@@ -728,6 +822,7 @@ def main(argv: list[str] | None = None) -> int:
                     k,
                     lambda ef: f"ef {ef}",
                     max_ms=300,
+                    target=matched(kind, s),
                 )
             systems["DuckDB vss HNSW"] = res
             print("  duckdb done")
@@ -841,15 +936,25 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, "
         f"numpy {np.__version__}; load average {load_start[0]:.1f} at the start, "
-        f"{os.getloadavg()[0]:.1f} at the end; PopQL kernels: {kernels}. Peers tuned per cell up a "
-        f"parameter ladder until recall@{k} >= {TARGET_RECALL} (setting in brackets). numpy: "
-        f"{nq} queries per cell."
+        f"{os.getloadavg()[0]:.1f} at the end; PopQL kernels: {kernels}, narrow ef "
+        f"{info['popql_tuned_ef']} (tuned on the index, {info['popql_tune_ms']:.0f} ms). Peers "
+        f"tuned per cell up a parameter ladder until their recall@{k} reaches PopQL's in that "
+        f"cell (at least {TARGET_RECALL}; setting in brackets); rows '{AT95}...': their cheapest "
+        f"setting reaching {TARGET_RECALL}. numpy: {nq} queries per cell."
     )
     print()
     print("\n".join(lines))
     print()
     print("\n".join(mem_lines))
     print()
+    if "curve_table" in info:
+        print(
+            f"Recall-latency curve at equal ef (PopQL's narrow search forced to that ef, no "
+            f"tuning; {len(queries)} queries):"
+        )
+        print()
+        print("\n".join(info["curve_table"]))
+        print()
     if "sweep_table" in info:
         mc = info["measured_crossover"]
         print(
