@@ -560,6 +560,7 @@ class VectorIndex:
         # layout is not understood or the index changed since).
         self._graph: _Graph | bool | None = None
         self._tuned_ef: int | None = None
+        self._matrix_ok: tuple[Any, bool] | None = None  # (matrix, readable in place)
         self._ef_set = False  # expansion_search set by the caller: no tuning
 
     # -- construction ---------------------------------------------------------------------------
@@ -863,7 +864,9 @@ class VectorIndex:
         if n <= 0 or k <= 0:
             return 0.0
         graph = self._graph_layout() is not None
-        memo = (k, n, graph, self.expansion_search, self.oversample, repr(self.cost), self.threads)
+        # the cost model's fields, not its repr(): this runs on every filtered search
+        cost = tuple(vars(self.cost).values())
+        memo = (k, n, graph, self.expansion_search, self.oversample, cost, self.threads)
         if self._crossover_memo is not None and self._crossover_memo[0] == memo:
             return self._crossover_memo[1]
         value = self._crossover(k, n, graph)
@@ -1153,13 +1156,18 @@ class VectorIndex:
     def _use_compiled(self) -> bool:
         """Whether searches run the compiled kernels (built, enabled, and a float16 C-contiguous
         matrix to read in place)."""
-        return (
-            self.compiled
-            and _vecscan is not None
-            and self._matrix.dtype == np.float16
-            and bool(self._matrix.flags.c_contiguous)
-            and len(self._keys) > 0
-        )
+        if not self.compiled or _vecscan is None:
+            return False
+        matrix = self._matrix
+        memo = self._matrix_ok
+        if memo is None or memo[0] is not matrix:
+            ok = (
+                matrix.dtype == np.float16
+                and bool(matrix.flags.c_contiguous)
+                and len(self._keys) > 0
+            )
+            memo = self._matrix_ok = (matrix, ok)
+        return memo[1]
 
     def _scan_threads(self, rows: int) -> int:
         if rows < self.parallel_rows_compiled:
@@ -1204,6 +1212,8 @@ class VectorIndex:
     def tuned_ef(self) -> int:
         """The narrow search breadth of this index (see :attr:`graph_tune_rows`): measured on
         the first call, then kept until the index changes."""
+        if self._tuned_ef is not None:
+            return self._tuned_ef
         ef = self.expansion_search
         if self._ef_set or len(self) < self.graph_tune_rows or self._graph_layout() is None:
             return ef
