@@ -385,6 +385,13 @@ def popql_index(args: argparse.Namespace, data: dict[str, np.ndarray], info: dic
         info["popql_restore_s"] = time.perf_counter() - t0
         del built
     info["popql_file_bytes"] = path.stat().st_size
+    # The file is memory-mapped: pages another job pushed out of the page cache would be read
+    # from disk during the timed queries, which the in-RAM peers never pay. Read it once.
+    t0 = time.perf_counter()
+    with open(path, "rb") as fh:
+        while fh.read(1 << 24):
+            pass
+    info["popql_warm_s"] = time.perf_counter() - t0
     if args.ef:
         index.expansion_search = args.ef
     return index
@@ -941,7 +948,8 @@ def main(argv: list[str] | None = None) -> int:
         f"scans read the file's own vector block; +{mem['keys'] / n:.0f} B/vector of keys and "
         f"+{mem.get('graph', 0) / n:.0f} B/vector of graph node offsets in RAM. "
         f"Build {info['popql_build_s']:.1f} s ({args.threads or os.cpu_count()} threads), "
-        f"restore {info['popql_restore_s'] * 1000:.0f} ms.",
+        f"restore {info['popql_restore_s'] * 1000:.0f} ms; reading the file once into the page "
+        f"cache before timing {info['popql_warm_s']:.1f} s.",
         f"- resolving 10 % of the rows given as int64 keys (instead of a mask): "
         f"{info['resolve_keys_10pct_ms']:.1f} ms per query.",
     ]
