@@ -781,6 +781,35 @@ def test_anti_correlated_filter_searches_again_wider():
     assert "searched again with ef 128 if" in r.reason and "graph_anti_ratio" not in r.stats
 
 
+@needs_compiled
+def test_narrow_filtered_walk_and_dense_filter():
+    """Under a filter the first walk keeps ceil(ef * s) rows (at least k); a filter dense near
+    the query (the query's own clusters allowed) is detected and searched again at the
+    unfiltered ef; an independent filter is not."""
+    n, dim = 12_000, 48
+    keys, x, cluster, centres = _clustered(n, dim, 40, 0.5, seed=5)
+    vi = VectorIndex.build(keys, x, threads=1)
+    vi.cost = CostModel(cscan_us_per_row=1000.0)  # make the graph search the plan
+    ef = vi.tuned_ef()
+    assert vi._graph_ef(10, 0.1) == max(10, -(-ef // 10))
+    assert vi._graph_ef(10, 1.0) == max(ef, 20)
+    q = combine_query(centres[0])
+    dense = cluster < 10  # a quarter of the rows, the query's cluster among them
+    r = vi.search(q, k=10, allowed=dense)
+    assert r.strategy == "hnsw-filtered", r.reason
+    if vi._graph_ef(10, float(dense.mean())) < vi._graph_ef(10):
+        assert "were dense near the query" in r.reason and r.stats["graph_dense_ratio"] < 0.6
+        assert r.stats["graph_ef"] == vi._graph_ef(10)
+    want, _ = ref_ranked(keys, ref_scores(x, q), dense)
+    assert len(np.intersect1d(r.keys, want[:10])) >= 9
+    rng = np.random.default_rng(1)
+    independent = rng.random(n) < 0.25
+    r = vi.search(q, k=10, allowed=independent)
+    assert "were dense" not in r.reason and "x what" not in r.reason, r.reason
+    want, _ = ref_ranked(keys, ref_scores(x, q), independent)
+    assert len(np.intersect1d(r.keys, want[:10])) >= 9
+
+
 def test_without_the_extension_the_fallback_path_runs(tmp_path):
     """POPQL_VECSCAN=0 (what a machine that failed to build the extension runs): same API, the
     usearch + numpy path, exact answers equal to brute force."""
