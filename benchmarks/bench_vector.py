@@ -428,7 +428,7 @@ def faiss_systems(args, data, vectors32, info) -> dict[str, Any]:
 
 
 def lance_table(args, data, vectors32, info) -> Any:
-    os.environ.setdefault("LANCE_LOG", "error")  # one deprecation warning per query otherwise
+    os.environ.setdefault("LANCEDB_LOG", "error")  # one deprecation warning per query otherwise
     try:
         import lancedb
         import pyarrow as pa

@@ -486,11 +486,11 @@ class VectorIndex:
     parallel_rows: int = 50_000
     #: The compiled scan runs on ``threads`` threads from this many rows (a thread costs ~30 us).
     parallel_rows_compiled: int = 32_768
-    #: The compiled HNSW search's result breadth. A first, narrow search: ``expansion_search /
-    #: graph_ef_first_div`` without a filter, ``k + pad`` with one (the filter itself widens the
-    #: walk: to collect ef allowed rows it scores about ef / selectivity); at least ``k + pad``.
+    #: The compiled HNSW search's result breadth. A first, narrow search: the index's tuned ef
+    #: (:meth:`tuned_ef`) without a filter, at least ``k + pad``; ``ceil(ef * selectivity)``,
+    #: at least k, with one (to keep ef allowed rows the walk scores about ef / selectivity).
     #: Measured at 1M rows, 300 queries, k = 10 (docs/vector-search.md): no filter ef 32 recall
-    #: 0.973 in 0.16 ms (ef 256: 0.980 in 0.50 ms); uncorrelated 50 % ef 20 0.975, 10 % 0.983.
+    #: 0.973 in 0.16 ms (ef 256: 0.980 in 0.50 ms); uncorrelated 10 % ef 10 0.982.
     #: A filter correlated with the query needs more when the query's own neighbourhood is
     #: filtered out (correlated 50 %: 0.70 at ef 32 for those queries, 0.97 for the others), and
     #: the narrow search tells which case it met: when many more of the rows it scored beat its
@@ -500,7 +500,6 @@ class VectorIndex:
     #: ``graph_ef_double_rows`` rows when at least ``graph_ef_wide_sel`` of the rows pass (1M,
     #: correlated 50 %: ef 256 recall 0.977, 0.951 at 128), halved below that selectivity (10 %:
     #: ef 64 gave the recall of 128 in 40-70 % of the time).
-    graph_ef_first_div: int = 4
     graph_anti_ratio: float = 3.0
     #: ... and when fewer than ``graph_dense_ratio`` x k / selectivity rows beat its k-th allowed
     #: result, the filter is dense near the query (correlated with it: the query's own cluster
