@@ -183,7 +183,8 @@ def recall(got: np.ndarray, truth: np.ndarray) -> float:
 
 
 class Cell:
-    def __init__(self) -> None:
+    def __init__(self, want: int = 0) -> None:
+        self.want = want  # k: an answer with fewer rows (when k rows pass) is "short"
         self.times: list[float] = []
         self.recalls: list[float] = []
         self.short = 0  # queries answered with fewer rows than k (and than the filter allows)
@@ -202,6 +203,17 @@ class Cell:
     @property
     def recall(self) -> float:
         return float(np.mean(self.recalls)) if self.recalls else float("nan")
+
+    def measure(
+        self, fn: Callable[[np.ndarray], np.ndarray], q: np.ndarray, truth: np.ndarray
+    ) -> None:
+        """Time one query and score its answer against the exact one."""
+        t0 = time.perf_counter()
+        got = fn(q)
+        self.times.append(time.perf_counter() - t0)
+        self.recalls.append(recall(np.asarray(got), truth))
+        if len(got) < min(self.want, len(truth)):
+            self.short += 1
 
     def text(self) -> str:
         if not self.times:
@@ -222,19 +234,14 @@ def run_queries(
     warmup: int = 2,
 ) -> Cell:
     """``fn(q)`` returns row ids; time each call (after ``warmup`` untimed calls)."""
-    cell = Cell()
+    cell = Cell(want)
     for q in queries[:warmup]:
         fn(q)
     gc.collect()
     gc.disable()
     try:
         for q, t in zip(queries, truths, strict=True):
-            t0 = time.perf_counter()
-            got = fn(q)
-            cell.times.append(time.perf_counter() - t0)
-            cell.recalls.append(recall(np.asarray(got), t))
-            if len(got) < min(want, len(t)):
-                cell.short += 1
+            cell.measure(fn, q, t)
     finally:
         gc.enable()
     return cell
@@ -295,7 +302,7 @@ def head_to_head(
     first), so that a close call is not decided by the machine's load drifting between the
     minutes each system's block ran in."""
     assert ours.fn is not None and theirs.fn is not None
-    a, b = Cell(), Cell()
+    a, b = Cell(k), Cell(k)
     for q in queries[:2]:
         ours.fn(q)
         theirs.fn(q)
@@ -305,12 +312,7 @@ def head_to_head(
         for i, (q, t) in enumerate(zip(queries, truths, strict=True)):
             pair = ((ours.fn, a), (theirs.fn, b))
             for fn, cell in pair if i % 2 == 0 else pair[::-1]:
-                t0 = time.perf_counter()
-                got = fn(q)
-                cell.times.append(time.perf_counter() - t0)
-                cell.recalls.append(recall(np.asarray(got), t))
-                if len(got) < min(k, len(t)):
-                    cell.short += 1
+                cell.measure(fn, q, t)
     finally:
         gc.enable()
     b.setting = theirs.setting

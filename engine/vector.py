@@ -1214,6 +1214,41 @@ class VectorIndex:
             return max(k, math.ceil(ef * selectivity))
         return max(ef, k + min(self.pad, k))
 
+    def _walk(
+        self,
+        q32: np.ndarray,
+        mask8: np.ndarray | None,
+        ef: int,
+        max_visits: int,
+        k: int,
+        out_rows: np.ndarray,
+        out_scores: np.ndarray,
+    ) -> tuple[int, int, int, int, int, int]:
+        """One compiled HNSW walk over this index's graph (``_vecscan.hnsw``): (written,
+        visits, exhausted, allowed_seen, first_allowed_visit, above_kth)."""
+        assert _vecscan is not None
+        g = self._graph_layout()
+        assert g is not None
+        return _vecscan.hnsw(  # type: ignore[no-any-return]
+            g.raw,
+            g.starts,
+            self._matrix,
+            self.dim,
+            g.conn,
+            g.conn_base,
+            g.slot_bytes,
+            g.max_level,
+            g.entry,
+            mask8,
+            q32,
+            ef,
+            self.graph_ef_upper,
+            max_visits,
+            k,
+            out_rows,
+            out_scores,
+        )
+
     def _graph_ef_planned(self, k: int, selectivity: float) -> int:
         """The breadth the cost model prices a filtered walk at when choosing between it and
         the exact scan: half the tuned ef, at least ``k + pad``. Wider than the walk itself
@@ -1249,25 +1284,7 @@ class VectorIndex:
         out_scores = np.empty(reference, np.float32)
 
         def top(q: np.ndarray, ef: int) -> np.ndarray:
-            written = _vecscan.hnsw(
-                g.raw,
-                g.starts,
-                self._matrix,
-                self.dim,
-                g.conn,
-                g.conn_base,
-                g.slot_bytes,
-                g.max_level,
-                g.entry,
-                None,
-                q,
-                ef,
-                self.graph_ef_upper,
-                n + 1,
-                k + 1,
-                out_rows,
-                out_scores,
-            )[0]
+            written = self._walk(q, None, ef, n + 1, k + 1, out_rows, out_scores)[0]
             return out_rows[: min(written, k + 1)].copy()
 
         # A query is the midpoint of a row and one of its level-0 neighbours: a point of the data
@@ -1401,24 +1418,8 @@ class VectorIndex:
             max_visits = n + 1 if math.isinf(budget_us) else max(ef, int(budget_us / per_visit))
             out_rows = np.empty(ef, np.int64)
             out_scores = np.empty(ef, np.float32)
-            written, visits, exhausted, seen, _first, above = _vecscan.hnsw(
-                g.raw,
-                g.starts,
-                self._matrix,
-                self.dim,
-                g.conn,
-                g.conn_base,
-                g.slot_bytes,
-                g.max_level,
-                g.entry,
-                mask8,
-                q32,
-                ef,
-                self.graph_ef_upper,
-                max_visits,
-                k,
-                out_rows,
-                out_scores,
+            written, visits, exhausted, seen, _first, above = self._walk(
+                q32, mask8, ef, max_visits, k, out_rows, out_scores
             )
             return written, visits, exhausted, seen, above, out_rows
 
