@@ -487,8 +487,9 @@ class VectorIndex:
     #: The compiled scan runs on ``threads`` threads from this many rows (a thread costs ~30 us).
     parallel_rows_compiled: int = 32_768
     #: The compiled HNSW search's result breadth. A first, narrow search: the index's tuned ef
-    #: (:meth:`tuned_ef`) without a filter, at least ``k + pad``; ``ceil(ef * selectivity)``,
-    #: at least k, with one (to keep ef allowed rows the walk scores about ef / selectivity).
+    #: (:meth:`tuned_ef`) without a filter, at least ``k + min(pad, k)``;
+    #: ``ceil(ef * selectivity)``, at least k, with one (to keep ef allowed rows the walk
+    #: scores about ef / selectivity).
     #: Measured at 1M rows, 300 queries, k = 10 (docs/vector-search.md): no filter ef 32 recall
     #: 0.973 in 0.16 ms (ef 256: 0.980 in 0.50 ms); uncorrelated 10 % ef 10 0.982.
     #: A filter correlated with the query needs more when the query's own neighbourhood is
@@ -1246,11 +1247,12 @@ class VectorIndex:
 
     def _graph_ef(self, k: int, selectivity: float = 1.0, rows: int | None = None) -> int:
         """The first, narrow search breadth: the index's tuned ef (:attr:`graph_tune_rows`,
-        else ``expansion_search``), at least ``k + pad``; under a filter of selectivity ``s``,
-        ``ceil(ef * s)``, at least ``k``. A filtered walk keeps ef allowed rows but scores about
-        ef / s rows on its way, so ``ef * s`` kept rows cover the neighbourhood that ``ef``
-        rows cover without a filter (1M rows, tuned ef 32: uncorrelated 10 % reached recall
-        0.982 at ef 10 in 0.29 ms, 0.984 at ef 20 in 0.46 ms; 50 %: 0.967 at ef 16)."""
+        else ``expansion_search``), at least ``k + min(pad, k)``; under a filter of selectivity
+        ``s``, ``ceil(ef * s)``, at least ``k``. A filtered walk keeps ef allowed rows but
+        scores about ef / s rows on its way, so ``ef * s`` kept rows cover the neighbourhood
+        that ``ef`` rows cover without a filter (1M rows, tuned ef 32: uncorrelated 10 %
+        reached recall 0.982 at ef 10 in 0.29 ms, 0.984 at ef 20 in 0.46 ms; 50 %: 0.967 at
+        ef 16)."""
         ef = self.tuned_ef()
         if selectivity < 1.0:
             return max(k, math.ceil(ef * selectivity))
@@ -1293,7 +1295,7 @@ class VectorIndex:
 
     def _graph_ef_planned(self, k: int, selectivity: float) -> int:
         """The breadth the cost model prices a filtered walk at when choosing between it and
-        the exact scan: half the tuned ef, at least ``k + pad``. Wider than the walk itself
+        the exact scan: half the tuned ef, at least ``k + min(pad, k)``. Wider than the walk itself
         (:meth:`_graph_ef`): the model's visits per ef were measured at this breadth, and
         pricing the narrow walk would move the crossover into selectivities (1 %) where the
         narrow walk measured slower than the scan and below its recall."""
