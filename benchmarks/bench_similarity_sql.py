@@ -47,7 +47,7 @@ def _bench_vector() -> Any:
 
 
 def build_dataset(folder: Path, data: dict[str, np.ndarray], index_file: Path) -> None:
-    from popql.engine.dataset import SAMPLES_SCHEMA, Dataset
+    from popql.engine.dataset import SAMPLES_SCHEMA, Dataset, conform
 
     if (folder / "manifest.json").is_file():
         return
@@ -62,15 +62,7 @@ def build_dataset(folder: Path, data: dict[str, np.ndarray], index_file: Path) -
             "label": pa.array([f"cluster {int(c)}" for c in data["cluster"]]),
         }
     )
-    samples = pa.table(
-        {
-            f.name: samples.column(f.name)
-            if f.name in samples.column_names
-            else pa.nulls(n, f.type)
-            for f in SAMPLES_SCHEMA
-        },
-        schema=SAMPLES_SCHEMA,
-    )
+    samples = conform(samples, SAMPLES_SCHEMA, "samples")
     tags = pa.table({"sample_id": ids, "grp": data["group"], "bucket": data["bucket"]})
     flat = pa.array(data["vectors"].astype(np.float16).reshape(-1))
     emb = pa.table(

@@ -27,10 +27,8 @@ import argparse
 import hashlib
 import io
 import shutil
-import socket
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -52,7 +50,7 @@ QUERIES = {
 def build_dataset(folder: Path, n: int, real: int) -> None:
     from PIL import Image
 
-    from popql.engine.dataset import SAMPLES_SCHEMA, Dataset
+    from popql.engine.dataset import SAMPLES_SCHEMA, Dataset, conform
     from popql.engine.images import make_thumbnail
 
     if (folder / "manifest.json").is_file():
@@ -92,15 +90,7 @@ def build_dataset(folder: Path, n: int, real: int) -> None:
             "label": pa.array([f"class {i % 10}" for i in range(n)]),
         }
     )
-    samples = pa.table(
-        {
-            f.name: samples.column(f.name)
-            if f.name in samples.column_names
-            else pa.nulls(n, f.type)
-            for f in SAMPLES_SCHEMA
-        },
-        schema=SAMPLES_SCHEMA,
-    )
+    samples = conform(samples, SAMPLES_SCHEMA, "samples")
     tags = pa.table(
         {
             "sample_id": ids,
@@ -117,28 +107,6 @@ def build_dataset(folder: Path, n: int, real: int) -> None:
         txn.commit()
     for h, image in thumbs:
         make_thumbnail(folder, h, image)
-
-
-class ServerThread:
-    def __init__(self, app: Any) -> None:
-        import uvicorn
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 def stats(values: list[float]) -> str:
@@ -163,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import httpx
 
-    from popql.web.server import create_app
+    from popql.web.server import ServerThread, create_app
     from popql.web.service import WebService
 
     folder = Path(args.data_dir) / f"web-{args.n}"

@@ -241,20 +241,28 @@ typedef struct {
     int64_t local[BLOCK]; /* mode 2: the selected rows of the current block */
 } job_t;
 
+/* Room for one more element in a growable array of `size` elements (capacity doubled, `first`
+   at the start): 0, or -1 when out of memory (the array is left as it was). */
+static int reserve(void **a, Py_ssize_t size, Py_ssize_t *cap, size_t elem, Py_ssize_t first) {
+    if (size < *cap) return 0;
+    Py_ssize_t c = *cap ? 2 * *cap : first;
+    void *na = realloc(*a, (size_t)c * elem);
+    if (na == NULL) return -1;
+    *a = na;
+    *cap = c;
+    return 0;
+}
+
 static void job_add(job_t *j, float s, int64_t row) {
     if (j->count > 0) {
         keep_best(j->heap, &j->size, j->count, s, row);
     } else if (s >= j->threshold) {
-        if (j->size == j->cap) {
-            Py_ssize_t cap = j->cap ? 2 * j->cap : 1024;
-            item_t *h = realloc(j->heap, (size_t)cap * sizeof(item_t));
-            if (h == NULL) {
-                j->failed = 1;
-                return;
-            }
-            j->heap = h;
-            j->cap = cap;
+        void *h = j->heap;
+        if (reserve(&h, j->size, &j->cap, sizeof(item_t), 1024) < 0) {
+            j->failed = 1;
+            return;
         }
+        j->heap = h;
         item_t it = {s, row};
         j->heap[j->size++] = it;
     }
@@ -505,13 +513,9 @@ static inline int16_t node_level(const graph_t *g, int64_t slot) {
 
 /* candidates: max-heap on score (best first) */
 static int cand_push(item_t **h, Py_ssize_t *size, Py_ssize_t *cap, item_t it) {
-    if (*size == *cap) {
-        Py_ssize_t c = *cap ? 2 * *cap : 256;
-        item_t *nh = realloc(*h, (size_t)c * sizeof(item_t));
-        if (nh == NULL) return -1;
-        *h = nh;
-        *cap = c;
-    }
+    void *a0 = *h;
+    if (reserve(&a0, *size, cap, sizeof(item_t), 256) < 0) return -1;
+    *h = a0;
     Py_ssize_t i = (*size)++;
     item_t *a = *h;
     while (i > 0) {
@@ -547,25 +551,17 @@ static item_t cand_pop(item_t *h, Py_ssize_t *size) {
 #define MAX_EF_UPPER 64
 
 static int push_touched(int64_t **a, Py_ssize_t *size, Py_ssize_t *cap, int64_t s) {
-    if (*size == *cap) {
-        Py_ssize_t c = *cap ? 2 * *cap : 256;
-        int64_t *na = realloc(*a, (size_t)c * sizeof(int64_t));
-        if (na == NULL) return -1;
-        *a = na;
-        *cap = c;
-    }
+    void *a0 = *a;
+    if (reserve(&a0, *size, cap, sizeof(int64_t), 256) < 0) return -1;
+    *a = a0;
     (*a)[(*size)++] = s;
     return 0;
 }
 
 static int push_score(float **a, Py_ssize_t *size, Py_ssize_t *cap, float v) {
-    if (*size == *cap) {
-        Py_ssize_t c = *cap ? 2 * *cap : 1024;
-        float *na = realloc(*a, (size_t)c * sizeof(float));
-        if (na == NULL) return -1;
-        *a = na;
-        *cap = c;
-    }
+    void *a0 = *a;
+    if (reserve(&a0, *size, cap, sizeof(float), 1024) < 0) return -1;
+    *a = a0;
     (*a)[(*size)++] = v;
     return 0;
 }

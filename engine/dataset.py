@@ -91,6 +91,7 @@ __all__ = [
     "Transaction",
     "VacuumReport",
     "ViewColumn",
+    "conform",
     "is_dataset",
     "samples_view_columns",
 ]
@@ -1256,7 +1257,7 @@ class Transaction:
         _validate_table_name(table)
         data = _as_table(data)
         if table in self._schemas:
-            data = _conform(data, self._schemas[table], table)
+            data = conform(data, self._schemas[table], table)
         else:
             data = _normalise(data)
             self._schemas[table] = data.schema
@@ -1517,8 +1518,10 @@ def _normalise(data: pa.Table) -> pa.Table:
     return data if schema == data.schema else data.cast(schema, safe=False)
 
 
-def _conform(data: pa.Table, schema: pa.Schema, table: str) -> pa.Table:
-    """``data`` with exactly ``schema`` (columns by name, cast; missing nullable -> nulls)."""
+def conform(data: pa.Table, schema: pa.Schema, table: str) -> pa.Table:
+    """``data`` with exactly ``schema`` (columns by name, cast; missing nullable -> nulls);
+    D008 names ``table`` when it cannot. What :meth:`Transaction.append` applies; also for a
+    new table that must have a known schema (``SAMPLES_SCHEMA``)."""
     extra = [n for n in data.schema.names if n not in schema.names]
     if extra:
         raise _error(

@@ -888,7 +888,7 @@ class VectorIndex:
                 exact = self.cost.exact(
                     m, gathered=True, compiled=True, threads=self._scan_threads(m)
                 )
-                return exact <= self.cost.graph(self._graph_ef_planned(k, sel), sel)
+                return exact <= self.cost.graph(self._graph_ef_planned(k), sel)
             count = min(n, max(k, math.ceil(k * self.oversample / sel)))
             return self.cost.exact(m, gathered=True) <= self.cost.hnsw(count, ef)
 
@@ -1035,7 +1035,7 @@ class VectorIndex:
         where = f"{_fmt_int(m)} candidates ({_fmt_pct(sel)} of {_fmt_int(n)})"
         if self._graph_layout() is not None:
             ef_g = self._graph_ef(k, sel)
-            est_graph = self.cost.graph(self._graph_ef_planned(k, sel), sel)
+            est_graph = self.cost.graph(self._graph_ef_planned(k), sel)
             common: dict[str, Any] = {
                 "count": ef_g,
                 "crossover": cross,
@@ -1245,7 +1245,7 @@ class VectorIndex:
             self._graph = g
         return g if isinstance(g, _Graph) else None
 
-    def _graph_ef(self, k: int, selectivity: float = 1.0, rows: int | None = None) -> int:
+    def _graph_ef(self, k: int, selectivity: float = 1.0) -> int:
         """The first, narrow search breadth: the index's tuned ef (:attr:`graph_tune_rows`,
         else ``expansion_search``), at least ``k + min(pad, k)``; under a filter of selectivity
         ``s``, ``ceil(ef * s)``, at least ``k``. A filtered walk keeps ef allowed rows but
@@ -1293,13 +1293,12 @@ class VectorIndex:
             out_scores,
         )
 
-    def _graph_ef_planned(self, k: int, selectivity: float) -> int:
+    def _graph_ef_planned(self, k: int) -> int:
         """The breadth the cost model prices a filtered walk at when choosing between it and
         the exact scan: half the tuned ef, at least ``k + min(pad, k)``. Wider than the walk itself
         (:meth:`_graph_ef`): the model's visits per ef were measured at this breadth, and
         pricing the narrow walk would move the crossover into selectivities (1 %) where the
         narrow walk measured slower than the scan and below its recall."""
-        del selectivity  # the same breadth at any selectivity
         return max(self.tuned_ef() // 2, k + min(self.pad, k))
 
     def tuned_ef(self) -> int:
@@ -1316,7 +1315,6 @@ class VectorIndex:
             return self._tuned_ef
 
     def _tune_ef(self, ceiling: int, k: int = 10) -> int:
-        assert _vecscan is not None
         g = self._graph_layout()
         assert g is not None
         n = len(self)
@@ -1360,13 +1358,12 @@ class VectorIndex:
                 return ef
         return ceiling
 
-    def _graph_ef_wide(self, k: int, selectivity: float = 1.0, rows: int | None = None) -> int:
+    def _graph_ef_wide(self, k: int, selectivity: float = 1.0) -> int:
         """The breadth of the second search when the first met an anti-correlated filter."""
-        n = len(self) if rows is None else rows
         ef = self.expansion_search
         if selectivity < self.graph_ef_wide_sel:
             ef //= 2
-        elif n >= self.graph_ef_double_rows:
+        elif len(self) >= self.graph_ef_double_rows:
             ef *= 2
         return max(ef, k + min(self.pad, k))
 
@@ -1444,9 +1441,6 @@ class VectorIndex:
         stats: dict[str, Any],
     ) -> tuple[np.ndarray, np.ndarray, str, str]:
         """The compiled HNSW search with the filter inside the graph, checked, else exact."""
-        assert _vecscan is not None
-        g = self._graph_layout()
-        assert g is not None
         n = len(self)
         ef = max(plan.count, k)
         sel = m / n

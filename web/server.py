@@ -31,6 +31,9 @@ from __future__ import annotations
 
 import hmac
 import secrets
+import socket
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
@@ -298,3 +301,39 @@ def serve(
         webbrowser.open(url)
     uvicorn.run(app, host=host, port=port, log_level="warning")
     return 0
+
+
+class ServerThread:
+    """uvicorn serving ``app`` on a free loopback port, in a daemon thread, for as long as the
+    ``with`` block runs (tests, benchmarks, notebooks)::
+
+        with ServerThread(create_app(WebService("fashion-ds"))) as server:
+            httpx.get(server.url + "api/info")
+    """
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port: int = s.getsockname()[1]
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the web server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
